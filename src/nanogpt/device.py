@@ -1,0 +1,232 @@
+"""Device, dtype, autocast, compile and distributed set-up: decided once, explained once.
+
+Every entry point (train, sample, eval, bench) calls :func:`setup_runtime` or the smaller
+helpers here, so the rules below live in one place:
+
+* device: cuda > mps > cpu, unless asked.
+* dtype: bfloat16 autocast on CUDA GPUs with bf16, and on CPUs with AVX-512 BF16 or AMX (about
+  3x faster there than fp32); float16 + GradScaler only on CUDA without bf16; float32 otherwise.
+* compile: on by default on CUDA; off on CPU/MPS unless asked (on our CPUs the compiled
+  training step was not faster than eager bf16 for small models and costs ~1 min to compile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nanogpt.errors import NanoGPTError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu. Explicit names are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise NanoGPTError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NanoGPTError("device 'cuda' was asked for but no CUDA GPU is available; use --run.device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise NanoGPTError("device 'mps' was asked for but MPS is not available; use --run.device cpu")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 autocast pays."""
+    flags = cpu_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        return True
+    # Apple silicon and other ARM chips with BF16 dot products.
+    return "bf16" in flags and "asimd" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The compute dtype for ``device`` and the reason it was chosen."""
+    if name != "auto":
+        if name not in _DTYPES:
+            raise NanoGPTError(f"unknown dtype '{name}'; use auto, float32, bfloat16 or float16")
+        dt = _DTYPES[name]
+        if dt is torch.float16 and device.type == "cpu":
+            raise NanoGPTError("float16 autocast is not supported for training on CPU; use bfloat16 or float32")
+        return dt, "asked for"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA GPU with bf16"
+        return torch.float16, "CUDA GPU without bf16: float16 with loss scaling"
+    if device.type == "cpu":
+        if cpu_has_fast_bf16():
+            return torch.bfloat16, "CPU has AVX-512 BF16/AMX"
+        return torch.float32, "CPU has no native bf16 (no AVX-512 BF16/AMX)"
+    return torch.float32, f"{device.type}: float32"
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16, a no-op for fp32."""
+    if dtype is torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_compile(choice: str, device: torch.device) -> tuple[bool, str]:
+    """Whether to torch.compile, and why."""
+    if choice == "true":
+        return True, "asked for"
+    if choice == "false":
+        return False, "turned off (--run.compile false)"
+    if device.type == "cuda":
+        return True, "default on CUDA"
+    if os.name == "nt":
+        return False, "off: torch.compile is not supported on Windows"
+    return False, f"off by default on {device.type} (eager bf16 was as fast for small models, without minutes of compiling)"
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool, log=print) -> torch.nn.Module:
+    """Compile ``model``, falling back to eager with a printed reason if compiling fails."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)  # type: ignore[return-value]
+    except Exception as e:  # noqa: BLE001 - any backend failure: run eager instead
+        log(f"torch.compile failed ({type(e).__name__}: {e}); running eager")
+        return model
+
+
+@dataclass
+class Dist:
+    """The process's place in a (possibly one-process) distributed job."""
+
+    enabled: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the torchrun job if there is one (RANK/WORLD_SIZE set); pick this rank's device.
+
+    One process and ``torchrun`` take the same path; with one process this does nothing.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist(), resolve_device(device_name)
+    import torch.distributed as tdist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    base = resolve_device(device_name)
+    if base.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = base
+        backend = "gloo"
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend)
+    return Dist(True, rank, local_rank, world), device
+
+
+def teardown_distributed(dist: Dist) -> None:
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+@dataclass
+class Runtime:
+    """What an entry point needs to run the model: where, in what precision, compiled or not."""
+
+    device: torch.device
+    dtype: torch.dtype
+    dtype_reason: str
+    compile: bool
+    compile_reason: str
+    dist: Dist = field(default_factory=Dist)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.dtype)
+
+    def describe(self) -> str:
+        name = dtype_name(self.dtype)
+        return (
+            f"device {self.device}{' (' + device_label(self.device) + ')' if device_label(self.device) else ''}, "
+            f"dtype {name} ({self.dtype_reason}), compile {'on' if self.compile else 'off'} ({self.compile_reason})"
+            + (f", rank {self.dist.rank}/{self.dist.world_size}" if self.dist.enabled else "")
+        )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def device_label(device: torch.device) -> str:
+    """Human name of the device ('NVIDIA H100 80GB HBM3', the CPU model, ...)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+        except OSError:
+            pass
+        return f"{torch.get_num_threads()} threads"
+    return ""
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto", compile: str = "auto", distributed: bool = False) -> Runtime:
+    """Resolve device, dtype and compile choice (and join torchrun when ``distributed``)."""
+    if distributed:
+        dist, dev = setup_distributed(device)
+    else:
+        dist, dev = Dist(), resolve_device(device)
+    dt, dt_reason = resolve_dtype(dtype, dev)
+    comp, comp_reason = resolve_compile(compile, dev)
+    if dev.type == "cuda":
+        # TF32 matmuls: ~8x the fp32 throughput on Ampere+ for the fp32 parts that remain.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(dev, dt, dt_reason, comp, comp_reason, dist)
+
+
+def unwrap(model: Any) -> torch.nn.Module:
+    """The plain module under DDP and torch.compile wrappers (no '_orig_mod.'/'module.' keys)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
