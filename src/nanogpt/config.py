@@ -276,7 +276,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's GPU recipe for character-level Shakespeare (val loss ~1.47 in its write-up).
     "shakespeare-char": {
         "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256,
-        "model.dropout": 0.2, "model.vocab_size": 65,
+        "model.dropout": 0.2,
         "data.dataset": "data/shakespeare-char", "data.prepare": "shakespeare", "data.tokenizer": "char",
         "data.batch_size": 64,
         "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.warmup_iters": 100, "optim.beta2": 0.99,
@@ -287,7 +287,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tuned for a 2-core CPU: the lowest validation loss we could reach in about 5 minutes.
     "shakespeare-char-cpu": {
         "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192, "model.block_size": 64,
-        "model.dropout": 0.0, "model.vocab_size": 65,
+        "model.dropout": 0.0,
         "data.dataset": "data/shakespeare-char", "data.prepare": "shakespeare", "data.tokenizer": "char",
         "data.batch_size": 32,
         "optim.lr": 2e-3, "optim.min_lr": 2e-4, "optim.warmup_iters": 100, "optim.beta2": 0.99,
@@ -359,21 +359,32 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise NanoGPTError(f"cannot parse config file {p}: {e}") from None
     if not isinstance(data, dict):
         raise NanoGPTError(f"config file {p} must hold a table of settings")
-    flat = flatten(data)
-    preset = flat.pop("preset", None)
-    if preset is not None:
-        flat = {**get_preset(str(preset)), **flat}
-    return flat
+    return flatten(data)  # may hold "preset": expanded by resolve_train_flat
+
+
+def resolve_train_flat(
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    default_preset: str | None = None,
+) -> tuple[dict[str, Any], set[str]]:
+    """Merge defaults < preset < config file < overrides into dotted keys.
+
+    The preset is ``preset``, else the one the config file names, else ``default_preset``.
+    Returns the merged keys and the keys the user set (file + overrides, not the preset).
+    """
+    file_flat = load_config_file(config_file) if config_file else {}
+    file_preset = file_flat.pop("preset", None)
+    name = preset or file_preset or default_preset
+    flat: dict[str, Any] = dict(get_preset(str(name))) if name else {}
+    user = {**file_flat, **(overrides or {})}
+    flat.update(user)
+    return flat, set(user)
 
 
 def resolve_train_config(
     preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Defaults < preset < config file < overrides (all dotted keys)."""
-    flat: dict[str, Any] = {}
-    if preset:
-        flat.update(get_preset(preset))
-    if config_file:
-        flat.update(load_config_file(config_file))
-    flat.update(overrides or {})
+    flat, _ = resolve_train_flat(preset, config_file, overrides)
     return TrainConfig.from_flat(flat)

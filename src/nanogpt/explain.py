@@ -1,0 +1,781 @@
+"""``nanogpt inspect``: what a GPT-2-style model does with its input, for any configuration.
+
+For a configuration (a GPT-2 name, a training preset, a run folder or a Hugging Face folder)
+this prints, with that configuration's real numbers:
+
+* the forward pass as a table of tensors and shapes, from the token ids ``[B, T]`` to the
+  logits ``[B, T, V]``; the table is built from formulas and, every time, checked against
+  shapes captured by forward hooks on the real module, run on the meta device (no memory, no
+  compute, so GPT-2 xl costs nothing);
+* parameters per component and in total, with and without position embeddings, and the
+  weight tying of ``lm_head`` to ``wte``;
+* FLOPs per token (from :mod:`nanogpt.flops`), forward and forward+backward, split into
+  the weight matmuls and the attention (``q k^T`` and ``att @ v``);
+* memory: weights, gradients, AdamW state, activations of a training step for the batch,
+  KV cache per token and for a full context.
+
+And, for a trained model, ``--attention PROMPT`` draws the attention probabilities of every
+head as heatmaps. The model computes attention with ``scaled_dot_product_attention``, which
+never materialises the probabilities, so :func:`attention_maps` recomputes them in forward
+hooks from each attention module's input and its ``c_attn`` weights; the model is unchanged.
+
+Activation memory estimate (bytes of the tensors a training forward pass keeps for the
+backward pass, with fused attention and no dropout), b = bytes per element of the dtype,
+per token of the batch:
+
+* each of the L blocks: 16 C b -- the block input x (saved by ln_1), ln_1's output (saved by
+  c_attn), q, k, v (3C, saved by attention), the attention output (C, saved by c_proj), the
+  residual after attention (saved by ln_2), ln_2's output (saved by c_fc), c_fc's output
+  (4C, saved by GELU) and GELU's output (4C, saved by the MLP's c_proj); plus fp32 statistics:
+  mean and 1/std of both LayerNorms (4 numbers) and the softmax log-sum-exp of each head (nh);
+* after the blocks: ln_f's input and output (2C b, + 2 fp32 statistics), the fp32
+  log-probabilities of the loss (V x 4 bytes: the model casts the logits to fp32 for the
+  cross-entropy) and the int64 input and target ids (16 bytes);
+* with dropout > 0, one mask of C elements per dropout layer (1 + 2L), at 1 byte (bool).
+
+Fused (flash / memory-efficient) attention saves q, k, v, the output and the log-sum-exp,
+never the T x T matrix; an unfused attention would add about 2 x nh x T numbers per token and
+layer. ``tests/test_explain.py`` checks the estimate against the bytes of the tensors that
+autograd really saves (deduplicated by storage) in a forward pass of a small model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from nanogpt.errors import NanoGPTError
+
+if TYPE_CHECKING:  # torch is imported inside functions so that `--help` stays instant
+    import torch
+
+    from nanogpt.model import GPT, GPTConfig
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# Forward pass: the table of tensors and shapes
+
+
+@dataclass(frozen=True)
+class ShapeRow:
+    """One tensor of the forward pass. ``key`` names it for the hook check ('h.' = every block)."""
+
+    key: str
+    tensor: str  # what it is called, as in model.py
+    symbols: tuple[str, ...]  # the shape in letters: ("B", "nh", "T", "hs")
+    shape: tuple[int, ...]  # the shape in numbers
+    note: str
+
+    @property
+    def per_block(self) -> bool:
+        return self.key.startswith("h.")
+
+
+def dims(config: "GPTConfig", batch_size: int, seq_len: int) -> dict[str, int]:
+    """The letters used in shapes, with their values."""
+    return {
+        "B": batch_size,
+        "T": seq_len,
+        "C": config.n_embd,
+        "nh": config.n_head,
+        "hs": config.head_dim,
+        "V": config.vocab_size,
+        "L": config.n_layer,
+    }
+
+
+def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None = None) -> list[ShapeRow]:
+    """The tensors of one forward pass of ``GPT(config)`` on ``[batch_size, seq_len]`` token ids.
+
+    Rows whose key starts with ``h.`` happen in every one of the ``n_layer`` blocks.
+    """
+    T = config.block_size if seq_len is None else seq_len
+    d = dims(config, batch_size, T)
+
+    def value(sym: str) -> int:
+        # "3C" -> 3 * C
+        num = sym.rstrip("BTCVnhs")
+        return (int(num) if num else 1) * d[sym[len(num):]]
+
+    spec = [
+        ("idx", "idx", "B T", "token ids (int64): B sequences of T tokens"),
+        ("tok_emb", "wte(idx)", "B T C", "token embedding: each id picks a row of wte [V, C]"),
+        ("pos_emb", "wpe(pos)", "T C", "position embedding of positions 0..T-1, added to every sequence"),
+        ("x", "x = tok_emb + pos_emb", "B T C", "the residual stream: C numbers per token"),
+        ("h.ln_1", "ln_1(x)", "B T C", "LayerNorm over the C channels of each token"),
+        ("h.c_attn", "attn.c_attn", "B T 3C", "q, k and v of all heads in one matmul: C -> 3C"),
+        ("h.q", "q", "B nh T hs", "split 3C into q, k, v; split C into nh heads of hs"),
+        ("h.k", "k", "B nh T hs", "keys, one per token and head"),
+        ("h.v", "v", "B nh T hs", "values, one per token and head"),
+        ("h.scores", "q @ k^T / sqrt(hs)", "B nh T T", "every token's query against every token's key, per head"),
+        ("h.probs", "causal softmax", "B nh T T", "future tokens (above the diagonal) masked out; each row sums to 1"),
+        ("h.att_v", "att @ v", "B nh T hs", "each token's weighted mix of the values it may see"),
+        ("h.merge", "merge heads", "B T C", "heads side by side again: nh x hs = C"),
+        ("h.attn_proj", "attn.c_proj", "B T C", "mix the heads: C -> C"),
+        ("h.resid_1", "x + attn", "B T C", "residual connection"),
+        ("h.ln_2", "ln_2(x)", "B T C", "LayerNorm"),
+        ("h.c_fc", "mlp.c_fc", "B T 4C", "MLP up-projection: C -> 4C"),
+        ("h.gelu", "mlp.gelu", "B T 4C", "GELU (tanh approximation), elementwise"),
+        ("h.mlp_proj", "mlp.c_proj", "B T C", "MLP down-projection: 4C -> C"),
+        ("h.resid_2", "x + mlp", "B T C", "residual connection: the block's output"),
+        ("ln_f", "ln_f(x)", "B T C", "final LayerNorm"),
+        ("logits", "lm_head -> logits", "B T V", "a score for every vocabulary entry at every position"),
+    ]
+    rows = []
+    for key, tensor, syms, note in spec:
+        symbols = tuple(syms.split())
+        rows.append(ShapeRow(key, tensor, symbols, tuple(value(s) for s in symbols), note))
+    return rows
+
+
+def attention_tensors(attn: "torch.nn.Module", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+    """Recompute what a ``CausalSelfAttention`` module does to its input ``x`` (B, T, C).
+
+    Returns the intermediate tensors that SDPA never shows: c_attn (B, T, 3C); q, k, v
+    (B, nh, T, hs); scores and causal-softmax probs (B, nh, T, T); att_v (B, nh, T, hs);
+    merge (B, T, C). ``attn.c_proj(merge)`` equals the module's output (without dropout).
+    Uses ``F.linear`` on the module's weights rather than calling ``attn.c_attn``, so that the
+    hooks on ``c_attn`` do not fire a second time.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    B, T, C = x.shape
+    nh = attn.n_head
+    hs = C // nh
+    qkv = F.linear(x, attn.c_attn.weight, attn.c_attn.bias)  # (B, T, 3C)
+    q, k, v = qkv.split(C, dim=2)
+    q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+    k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+    v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)  # key j > query i
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
+    att_v = probs @ v  # (B, nh, T, hs)
+    merge = att_v.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+    return {"c_attn": qkv, "q": q, "k": k, "v": v, "scores": scores, "probs": probs, "att_v": att_v, "merge": merge}
+
+
+def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ...]]:
+    """Shapes of the forward pass of ``model`` on ``idx``, captured by forward hooks.
+
+    Keys are those of :func:`forward_table`, with ``h.{i}.`` for block i (``h.0.q``, ...).
+    Works on the meta device (shapes only, nothing computed) and on real devices.
+    """
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def on_output(key: str):
+        def hook(module, inputs, output):
+            shapes[key] = tuple(output.shape)
+
+        return hook
+
+    def on_input(key: str):
+        def hook(module, inputs):
+            shapes[key] = tuple(inputs[0].shape)
+
+        return hook
+
+    def on_attention(i: int):
+        def hook(module, inputs, output):
+            for name, t in attention_tensors(module, inputs[0]).items():
+                if name != "c_attn":  # captured from the c_attn module itself
+                    shapes[f"h.{i}.{name}"] = tuple(t.shape)
+
+        return hook
+
+    tr = model.transformer
+    handles.append(model.register_forward_pre_hook(on_input("idx")))
+    handles.append(tr.wte.register_forward_hook(on_output("tok_emb")))
+    handles.append(tr.wpe.register_forward_hook(on_output("pos_emb")))
+    handles.append(tr.drop.register_forward_hook(on_output("x")))
+    for i, block in enumerate(tr.h):
+        p = f"h.{i}."
+        handles += [
+            block.ln_1.register_forward_hook(on_output(p + "ln_1")),
+            block.attn.c_attn.register_forward_hook(on_output(p + "c_attn")),
+            block.attn.register_forward_hook(on_attention(i)),
+            block.attn.c_proj.register_forward_hook(on_output(p + "attn_proj")),
+            block.ln_2.register_forward_pre_hook(on_input(p + "resid_1")),
+            block.ln_2.register_forward_hook(on_output(p + "ln_2")),
+            block.mlp.c_fc.register_forward_hook(on_output(p + "c_fc")),
+            block.mlp.gelu.register_forward_hook(on_output(p + "gelu")),
+            block.mlp.c_proj.register_forward_hook(on_output(p + "mlp_proj")),
+            block.register_forward_hook(on_output(p + "resid_2")),
+        ]
+    handles.append(tr.ln_f.register_forward_hook(on_output("ln_f")))
+    handles.append(model.lm_head.register_forward_hook(on_output("logits")))
+    try:
+        with torch.no_grad():
+            model(idx)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def check_table(rows: Sequence[ShapeRow], captured: dict[str, tuple[int, ...]], n_layer: int) -> list[str]:
+    """Differences between the table and captured shapes (empty when every shape agrees)."""
+    problems = []
+    for row in rows:
+        keys = [f"h.{i}.{row.key[2:]}" for i in range(n_layer)] if row.per_block else [row.key]
+        for key in keys:
+            got = captured.get(key)
+            if got != row.shape:
+                problems.append(f"{key}: table {list(row.shape)}, module {list(got) if got else 'not captured'}")
+    return problems
+
+
+def check_on_meta(config: "GPTConfig", batch_size: int, seq_len: int, rows: Sequence[ShapeRow]) -> None:
+    """Run the real module on the meta device and make sure the table says what it does."""
+    import torch
+
+    from nanogpt.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(config)
+        idx = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    problems = check_table(rows, capture_shapes(model, idx), config.n_layer)
+    if problems:  # a bug in this module, not a user error: keep the traceback
+        raise RuntimeError("the shape table disagrees with the model: " + "; ".join(problems[:5]))
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+def parameter_table(config: "GPTConfig") -> dict[str, Any]:
+    """Parameters per component (shapes and counts) and totals, the tied lm_head counted once.
+
+    ``total`` equals ``GPT(config).num_params()``; ``total_without_wpe`` equals
+    ``num_params(non_embedding=True)``.
+    """
+    C, V, L, bias = config.n_embd, config.vocab_size, config.n_layer, config.bias
+
+    def linear(n_in: int, n_out: int, s_in: str, s_out: str) -> tuple[str, int]:
+        shape = f"[{s_out}, {s_in}]" + (f" + [{s_out}]" if bias else "")
+        return shape, n_in * n_out + (n_out if bias else 0)
+
+    def norm() -> tuple[str, int]:
+        return ("[C] + [C]" if bias else "[C]"), (2 * C if bias else C)
+
+    per_block = [
+        ("ln_1", *norm(), "LayerNorm gain and bias"),
+        ("attn.c_attn", *linear(C, 3 * C, "C", "3C"), "q, k, v projections of all heads"),
+        ("attn.c_proj", *linear(C, C, "C", "C"), "attention output projection"),
+        ("ln_2", *norm(), "LayerNorm gain and bias"),
+        ("mlp.c_fc", *linear(C, 4 * C, "C", "4C"), "MLP up-projection"),
+        ("mlp.c_proj", *linear(4 * C, C, "4C", "C"), "MLP down-projection"),
+    ]
+    block = sum(n for _, _, n, _ in per_block)
+    wte, wpe = V * C, config.block_size * C
+    ln_f = norm()[1]
+    total = wte + wpe + L * block + ln_f
+    return {
+        "components": [
+            {"name": "wte", "shape": "[V, C]", "count": wte, "note": "token embedding; also the output layer (tied)"},
+            {"name": "wpe", "shape": "[block_size, C]", "count": wpe, "note": "position embedding"},
+            *({"name": f"h.*.{n}", "shape": s, "count": c, "note": note} for n, s, c, note in per_block),
+            {"name": "one block", "shape": "", "count": block, "note": ""},
+            {"name": f"{L} blocks", "shape": "", "count": L * block, "note": f"{L} x {block:,}"},
+            {"name": "ln_f", "shape": norm()[0], "count": ln_f, "note": "final LayerNorm"},
+            {"name": "lm_head", "shape": "[V, C]", "count": 0, "note": "tied: the same matrix as wte, not counted again"},
+        ],
+        "per_block": block,
+        "total": total,
+        "total_without_wpe": total - wpe,
+        "tied_matrix": wte,
+        "total_if_untied": total + wte,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def flops_summary(config: "GPTConfig", seq_len: int) -> dict[str, Any]:
+    """FLOPs per token from :mod:`nanogpt.flops`, split into weight matmuls and attention.
+
+    ``attention`` is ``q @ k^T`` plus ``att @ v`` (they grow with ``seq_len``); ``matmuls`` is
+    every product with a weight matrix (c_attn, c_proj, c_fc, mlp c_proj, lm_head). A training
+    step (forward + backward) costs three times the forward pass, term by term.
+    """
+    from nanogpt import flops
+
+    parts = {k: int(v) for k, v in flops.flops_breakdown(config, seq_len).items() if k != "total"}
+    forward = int(flops.flops_per_token(config, seq_len, backward=False))
+    both = int(flops.flops_per_token(config, seq_len, backward=True))
+    attention = sum(v for k, v in parts.items() if k in ATTENTION_TERMS)
+    return {
+        "seq_len": seq_len,
+        "forward_per_token": forward,
+        "forward_backward_per_token": both,
+        "forward_matmuls_per_token": forward - attention,
+        "forward_attention_per_token": attention,
+        "forward_backward_matmuls_per_token": both - 3 * attention,
+        "forward_backward_attention_per_token": 3 * attention,
+        "forward_breakdown_per_token": parts,
+    }
+
+
+# The two products of flops_breakdown that are attention proper rather than weight matmuls.
+ATTENTION_TERMS = ("attn_scores", "attn_values")
+FLOPS_LABELS = {
+    "qkv": "attn.c_attn (q, k, v)",
+    "attn_scores": "q @ k^T (scores)",
+    "attn_values": "att @ v",
+    "attn_proj": "attn.c_proj",
+    "mlp_fc": "mlp.c_fc",
+    "mlp_proj": "mlp.c_proj",
+    "lm_head": "lm_head (logits)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+def activation_bytes(config: "GPTConfig", batch_size: int, seq_len: int, dtype: str = "float32") -> int:
+    """Estimated bytes autograd keeps for the backward pass after a training forward pass.
+
+    The formula is in the module docstring; it assumes fused attention (no T x T matrix kept).
+    """
+    b = DTYPE_BYTES[dtype]
+    C, nh, L, V = config.n_embd, config.n_head, config.n_layer, config.vocab_size
+    per_block = 16 * C * b + 4 * (nh + 4)  # 16C activations + fp32 LayerNorm stats and log-sum-exp
+    top = 2 * C * b + 4 * 2 + 4 * V + 8 + 8  # ln_f in/out + stats, fp32 log-probs, input/target ids
+    per_token = L * per_block + top
+    if config.dropout > 0:
+        per_token += (1 + 2 * L) * C  # bool dropout masks
+    return batch_size * seq_len * per_token + seq_len * 8  # + the int64 positions
+
+
+def memory_table(config: "GPTConfig", batch_size: int, seq_len: int, dtype: str, n_params: int) -> dict[str, Any]:
+    """Bytes of weights, gradients, AdamW state, activations and KV cache in ``dtype``."""
+    b = DTYPE_BYTES[dtype]
+    weights = n_params * b
+    grads = n_params * b
+    adamw = n_params * 2 * 4  # exp_avg and exp_avg_sq, fp32
+    acts = activation_bytes(config, batch_size, seq_len, dtype)
+    kv_token = 2 * config.n_layer * config.n_embd * b  # k and v: C numbers per layer
+    kv_full = kv_token * config.block_size * batch_size
+    return {
+        "dtype": dtype,
+        "bytes_per_number": b,
+        "weights": weights,
+        "gradients": grads,
+        "adamw_state": adamw,
+        "activations": acts,
+        "training_total": weights + grads + adamw + acts,
+        "kv_cache_per_token": kv_token,
+        "kv_cache_full_context": kv_full,
+        "inference_total": weights + kv_full,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The whole report
+
+
+def explain(config: "GPTConfig", batch_size: int = 1, dtype: str = "float32", source: str = "") -> dict[str, Any]:
+    """Everything ``nanogpt inspect`` prints, as plain data (what ``--json`` writes).
+
+    The sequence length T is the configuration's ``block_size`` (a full context).
+    """
+    if batch_size <= 0:
+        raise NanoGPTError(f"--batch-size must be positive, got {batch_size}")
+    if dtype not in DTYPE_BYTES:
+        raise NanoGPTError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    T = config.block_size
+    rows = forward_table(config, batch_size, T)
+    check_on_meta(config, batch_size, T, rows)
+    params = parameter_table(config)
+    return {
+        "source": source,
+        "config": config.to_dict(),
+        "dims": dims(config, batch_size, T),
+        "forward": [{**asdict(r), "per_block": r.per_block} for r in rows],
+        "parameters": params,
+        "flops": flops_summary(config, T),
+        "memory": memory_table(config, batch_size, T, dtype, params["total"]),
+    }
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_flops(n: float) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} FLOP"
+
+
+def _shape(t: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(x) for x in t) + "]"
+
+
+def _table(rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
+    right = set(right)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append("  " + "  ".join(cells).rstrip())
+    return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable text of ``nanogpt inspect``."""
+    cfg, d, p, f, m = report["config"], report["dims"], report["parameters"], report["flops"], report["memory"]
+    B, T, C, nh, hs, V, L = (d[k] for k in ("B", "T", "C", "nh", "hs", "V", "L"))
+    lines = [
+        f"Model: {L} layers, {nh} heads, n_embd {C}, block_size {cfg['block_size']}, vocab {V}, "
+        f"bias {cfg['bias']}, dropout {cfg['dropout']}" + (f"  ({report['source']})" if report["source"] else ""),
+        f"Letters: B = {B} sequence{'s' if B != 1 else ''}, T = {T} tokens, C = {C} channels, "
+        f"nh = {nh} heads x hs = {hs} channels per head ({nh} x {hs} = {C} = C), V = {V}, L = {L} blocks",
+        "",
+        f"Forward pass: one call of the model processes all {B} x {T} tokens at once (every position in "
+        "parallel, no loop over tokens). Shapes checked against hooks on the real module (meta device).",
+    ]
+    table = [["tensor", "shape", "", "what happens"]]
+    in_block = False
+    for r in report["forward"]:
+        if r["per_block"] and not in_block:
+            table.append([f"-- in each of the {L} blocks h.0 .. h.{L - 1} (same shapes in every block) --", "", "", ""])
+            in_block = True
+        elif not r["per_block"] and in_block:
+            table.append([f"-- end of block (x {L}) --", "", "", ""])
+            in_block = False
+        sym = "[" + ", ".join(r["symbols"]) + "]"
+        table.append([("  " if r["per_block"] else "") + r["tensor"], sym, _shape(r["shape"]), r["note"]])
+    lines += _table(table)
+    lines += [
+        "",
+        f"  The attention matrix is T x T = {T} x {T} per head: row i holds how much token i takes from",
+        f"  tokens 0..i ({T * T:,} scores per head, {nh * T * T * B:,} per layer). The logits hold {V} scores",
+        f"  at every position; position t predicts token t+1, so one forward pass trains on {B * T:,} predictions.",
+        "",
+        "Parameters",
+    ]
+    table = [["component", "shape", "count", ""]]
+    for c in p["components"]:
+        table.append([c["name"], c["shape"], f"{c['count']:,}", c["note"]])
+    table.append(["total", "", f"{p['total']:,}", ""])
+    table.append(["total without wpe", "", f"{p['total_without_wpe']:,}", "position embeddings do no matmul work"])
+    lines += _table(table, right=[2])
+    lines += [
+        f"  Weight tying: lm_head.weight is wte.weight, one [V, C] = [{V}, {C}] matrix used to embed tokens",
+        f"  and to score them at the output; untied, the model would have {p['tied_matrix']:,} more parameters",
+        f"  ({p['total_if_untied']:,}).",
+        "",
+        f"FLOPs per token (sequences of T = {f['seq_len']} tokens; matmuls only, a multiply-add counts as 2;",
+        "backward = 2 x forward, so training = 3 x forward)",
+    ]
+    table = [["", "forward", "forward + backward"]]
+    for key, value in f["forward_breakdown_per_token"].items():
+        table.append(["  " + FLOPS_LABELS.get(key, key), f"{value:,}", f"{3 * value:,}"])
+    table += [
+        ["weight matmuls", f"{f['forward_matmuls_per_token']:,}", f"{f['forward_backward_matmuls_per_token']:,}"],
+        ["attention (q k^T, att @ v)", f"{f['forward_attention_per_token']:,}", f"{f['forward_backward_attention_per_token']:,}"],
+        ["total", f"{f['forward_per_token']:,}", f"{f['forward_backward_per_token']:,}"],
+        ["", human_flops(f["forward_per_token"]), human_flops(f["forward_backward_per_token"])],
+    ]
+    lines += _table(table, right=[1, 2])
+    lines += ["", f"Memory in {m['dtype']} ({m['bytes_per_number']} bytes per number)"]
+    table = [
+        ["weights", human_bytes(m["weights"]), f"{p['total']:,} x {m['bytes_per_number']}"],
+        ["gradients", human_bytes(m["gradients"]), "one per weight"],
+        ["AdamW state", human_bytes(m["adamw_state"]), "2 moments per weight, fp32"],
+        [f"activations (training, B={B}, T={T})", human_bytes(m["activations"]), "saved for the backward pass; formula in nanogpt/explain.py"],
+        ["training step total", human_bytes(m["training_total"]), "weights + gradients + AdamW + activations"],
+        ["KV cache per token", human_bytes(m["kv_cache_per_token"]), f"k and v: 2 x {L} layers x {C}"],
+        [f"KV cache, full context ({B} x {cfg['block_size']})", human_bytes(m["kv_cache_full_context"]), ""],
+        ["inference total", human_bytes(m["inference_total"]), "weights + full KV cache"],
+    ]
+    lines += _table(table, right=[1])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention maps
+
+
+def attention_maps(model: "GPT", token_ids: Sequence[int], layers: Iterable[int] | None = None) -> dict[int, "torch.Tensor"]:
+    """Attention probabilities of one sequence: {layer: (nh, T, T) float32 CPU tensor}.
+
+    Row i of a head's map is the distribution over tokens 0..i that token i attends to
+    (zeros above the diagonal). Computed by forward hooks on each block's ``attn`` module
+    (see :func:`attention_tensors`); ``layers`` defaults to all of them.
+    """
+    import torch
+
+    n_layer = len(model.transformer.h)
+    wanted = list(range(n_layer)) if layers is None else list(layers)
+    for i in wanted:
+        if not 0 <= i < n_layer:
+            raise NanoGPTError(f"layer {i} does not exist; the model has layers 0..{n_layer - 1}")
+    if len(token_ids) == 0:
+        raise NanoGPTError("the prompt is empty; pass some text to --attention")
+    if len(token_ids) > model.config.block_size:
+        raise NanoGPTError(
+            f"the prompt is {len(token_ids)} tokens, more than the model's block_size ({model.config.block_size}); shorten it"
+        )
+    maps: dict[int, torch.Tensor] = {}
+
+    def hook_for(i: int):
+        def hook(module, inputs, output):
+            maps[i] = attention_tensors(module, inputs[0])["probs"][0].float().cpu()  # (nh, T, T)
+
+        return hook
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(token_ids)], dtype=torch.long, device=device)  # (1, T)
+    handles = [model.transformer.h[i].attn.register_forward_hook(hook_for(i)) for i in wanted]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(idx)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {i: maps[i] for i in wanted}
+
+
+def token_labels(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
+    """One printable label per token: newlines and tabs escaped, spaces shown as '·'."""
+    labels = []
+    for t in token_ids:
+        text = tokenizer.decode([t])
+        text = text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u00b7")
+        labels.append(text if text else "\u2205")
+    return labels
+
+
+def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: str | Path, title: str = "") -> Path:
+    """Draw attention maps as a PNG and return its path.
+
+    One layer: a grid of its heads, tokens on both axes (rows = the attending token, columns =
+    the token attended to). Several layers: one row per layer, one column per head, no labels.
+    Masked (future) entries are drawn in grey, so the causal triangle is visible.
+    """
+    import matplotlib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = sorted(maps)
+    nh, T, _ = maps[layers[0]].shape
+    overview = len(layers) > 1
+    if overview:
+        nrows, ncols = len(layers), nh
+        cell = min(1.6, 40 / max(nrows, ncols))
+    else:
+        ncols = math.ceil(math.sqrt(nh))
+        nrows = math.ceil(nh / ncols)
+        cell = min(max(3.0, 0.22 * T), 40 / max(nrows, ncols))
+    fig = Figure(figsize=(ncols * cell + 1.2, nrows * cell + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)  # render with Agg, without pyplot or changing the global backend
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("#d9d9d9")  # the masked future: grey
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    image = None
+    label_size = max(4.0, min(9.0, 220 / T))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for li, layer in enumerate(layers):
+        probs = maps[layer].numpy()
+        for h in range(nh):
+            ax = axes[li, h] if overview else axes.flat[h]
+            ax.set_axis_on()
+            image = ax.imshow(np.ma.masked_array(probs[h], mask=future), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            if overview:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if li == 0:
+                    ax.set_title(f"head {h}", fontsize=8)
+                if h == 0:
+                    ax.set_ylabel(f"layer {layer}", fontsize=8)
+            else:
+                ax.set_title(f"layer {layer}, head {h}", fontsize=9)
+                step = max(1, math.ceil(T / 48))  # at most ~48 labels per axis
+                ticks = list(range(0, T, step))
+                ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=label_size)
+                ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=label_size)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
+    if title:
+        fig.suptitle(title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Where the configuration comes from
+
+
+def _training_preset_config(name: str) -> "GPTConfig":
+    from nanogpt.config import get_preset
+    from nanogpt.model import GPTConfig
+
+    model_keys = {k.split(".", 1)[1]: v for k, v in get_preset(name).items() if k.startswith("model.")}
+    return GPTConfig(**model_keys)
+
+
+def config_from_preset(name: str) -> "GPTConfig":
+    """A GPT-2 name (gpt2, gpt2-medium, ...) or the model part of a training preset."""
+    from nanogpt.config import preset_names
+    from nanogpt.model import GPTConfig
+
+    if name in GPTConfig.PRESETS:
+        return GPTConfig.from_name(name)
+    if name in preset_names():
+        return _training_preset_config(name)
+    import difflib
+
+    names = [*GPTConfig.PRESETS, *preset_names()]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise NanoGPTError(f"unknown preset '{name}'; {hint}choose one of: {', '.join(names)}")
+
+
+def config_from_folder(folder: str | Path) -> "GPTConfig":
+    """The model configuration of a run folder or a Hugging Face GPT-2 folder (no weights read)."""
+    from nanogpt.model import GPTConfig
+
+    folder = Path(folder)
+    path = folder / "config.json"
+    data: dict[str, Any] | None = None
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise NanoGPTError(f"{path} is not valid JSON: {e}") from None
+    else:
+        # A run folder without config.json: the checkpoint's info.json carries the config too.
+        from nanogpt.checkpoint import checkpoint_path, is_run_dir
+
+        if is_run_dir(folder):
+            info = json.loads((checkpoint_path(folder) / "info.json").read_text(encoding="utf-8"))
+            data = info.get("config")
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # a run: resolved TrainConfig
+        try:
+            return GPTConfig.from_dict(data["model"])
+        except (TypeError, ValueError) as e:
+            raise NanoGPTError(f"{path}: the model configuration is invalid: {e}") from None
+    if isinstance(data, dict) and ("n_embd" in data or "model_type" in data):  # Hugging Face
+        from nanogpt.hf import config_from_hf
+
+        return config_from_hf(data)
+    raise NanoGPTError(
+        f"{folder} holds no model configuration: expected a run folder (config.json with a 'model' "
+        "section) or a Hugging Face GPT-2 folder (config.json with n_layer, n_head, n_embd)"
+    )
+
+
+def resolve_config(source: str | None, preset: str | None, block_size: int | None) -> tuple["GPTConfig", str]:
+    """The configuration to explain and a description of where it came from."""
+    if source and preset:
+        raise NanoGPTError("pass either a folder or --preset, not both")
+    if source and not Path(source).exists():
+        preset, source = source, None  # 'nanogpt inspect gpt2' reads like a preset name
+    if source:
+        config, where = config_from_folder(source), str(source)
+        trained = config.block_size
+        if block_size is not None and block_size > trained:
+            raise NanoGPTError(
+                f"{source} has block_size {trained}; --block-size can only shrink it (1..{trained}), got {block_size}"
+            )
+    else:
+        name = preset or "gpt2"
+        config, where = config_from_preset(name), f"preset {name}"
+    if block_size is not None:
+        if block_size <= 0:
+            raise NanoGPTError(f"--block-size must be positive, got {block_size}")
+        config.block_size = block_size
+    return config, where
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``nanogpt inspect``."""
+    parser.add_argument(
+        "source", nargs="?", default=None,
+        help="a run folder, a Hugging Face GPT-2 folder, or a preset name (default: --preset gpt2)",
+    )
+    parser.add_argument(
+        "--preset", default=None,
+        help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl, or a training preset (shakespeare-char, gpt2-124m, ...)",
+    )
+    parser.add_argument("--block-size", type=int, default=None, help="context length T to explain (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per batch B (default: 1)")
+    parser.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32", help="number format for memory sizes (default: float32)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    group = parser.add_argument_group("attention maps (a trained model)")
+    group.add_argument("--attention", metavar="PROMPT", default=None, help="draw every head's attention on this prompt")
+    group.add_argument("--layer", default="-1", help="layer to draw (0-based, negative from the end; default: the last) or 'all'")
+    group.add_argument("--out", default="attention.png", help="PNG file to write (default: attention.png)")
+    group.add_argument("--device", default="cpu", help="device to run the model on for --attention (default: cpu)")
+
+
+def _parse_layers(text: str, n_layer: int) -> list[int]:
+    if text == "all":
+        return list(range(n_layer))
+    try:
+        layer = int(text)
+    except ValueError:
+        raise NanoGPTError(f"--layer must be an integer or 'all', got {text!r}") from None
+    if not -n_layer <= layer < n_layer:
+        raise NanoGPTError(f"--layer {layer} does not exist; the model has layers 0..{n_layer - 1} (or -1 for the last)")
+    return [layer % n_layer]
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    """``--attention``: load a trained model, compute its attention on the prompt, draw it."""
+    if args.preset or not args.source:
+        raise NanoGPTError("--attention needs a trained model: pass a run folder or a Hugging Face GPT-2 folder")
+    from nanogpt.checkpoint import load_model
+    from nanogpt.device import resolve_device
+
+    loaded = load_model(args.source, resolve_device(args.device))
+    if loaded.tokenizer is None:
+        raise NanoGPTError(f"{args.source} does not say which tokenizer it was trained with; cannot encode the prompt")
+    ids = loaded.tokenizer.encode(args.attention)
+    layers = _parse_layers(str(args.layer), loaded.model.config.n_layer)
+    maps = attention_maps(loaded.model, ids, layers)
+    which = "all layers" if len(layers) > 1 else f"layer {layers[0]}"
+    out = plot_attention(maps, token_labels(loaded.tokenizer, ids), args.out, title=f"{args.source}: attention, {which}")
+    print(f"wrote {out} ({which}, {loaded.model.config.n_head} heads, {len(ids)} tokens)")
+    return 0
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Entry point of ``nanogpt inspect``."""
+    if args.attention is not None:
+        return run_attention(args)
+    config, where = resolve_config(args.source, args.preset, args.block_size)
+    report = explain(config, batch_size=args.batch_size, dtype=args.dtype, source=where)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
