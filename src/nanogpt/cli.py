@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nanogpt {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `nanogpt inspect | head`: the reader left; not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError) as e:
         # Validation errors from config dataclasses and missing files are the user's to fix.
         if debug:

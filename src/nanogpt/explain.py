@@ -31,7 +31,9 @@ per token of the batch:
 * after the blocks: ln_f's input and output (2C b, + 2 fp32 statistics), the fp32
   log-probabilities of the loss (V x 4 bytes: the model casts the logits to fp32 for the
   cross-entropy) and the int64 input and target ids (16 bytes);
-* with dropout > 0, one mask of C elements per dropout layer (1 + 2L), at 1 byte (bool).
+* with dropout > 0, one mask of C elements per dropout layer (1 + 2L), at 1 byte (CUDA keeps
+  bool masks; the CPU keeps them in the dtype and runs attention dropout unfused, keeping
+  T x T matrices, so there the estimate is low: 0.70 of the measured bytes for a tiny model).
 
 Fused (flash / memory-efficient) attention saves q, k, v, the output and the log-sum-exp,
 never the T x T matrix; an unfused attention would add about 2 x nh x T numbers per token and
@@ -106,15 +108,15 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
     spec = [
         ("idx", "idx", "B T", "token ids (int64): B sequences of T tokens"),
         ("tok_emb", "wte(idx)", "B T C", "token embedding: each id picks a row of wte [V, C]"),
-        ("pos_emb", "wpe(pos)", "T C", "position embedding of positions 0..T-1, added to every sequence"),
+        ("pos_emb", "wpe(pos)", "T C", "embeddings of positions 0..T-1, the same for every sequence"),
         ("x", "x = tok_emb + pos_emb", "B T C", "the residual stream: C numbers per token"),
         ("h.ln_1", "ln_1(x)", "B T C", "LayerNorm over the C channels of each token"),
         ("h.c_attn", "attn.c_attn", "B T 3C", "q, k and v of all heads in one matmul: C -> 3C"),
         ("h.q", "q", "B nh T hs", "split 3C into q, k, v; split C into nh heads of hs"),
         ("h.k", "k", "B nh T hs", "keys, one per token and head"),
         ("h.v", "v", "B nh T hs", "values, one per token and head"),
-        ("h.scores", "q @ k^T / sqrt(hs)", "B nh T T", "every token's query against every token's key, per head"),
-        ("h.probs", "causal softmax", "B nh T T", "future tokens (above the diagonal) masked out; each row sums to 1"),
+        ("h.scores", "q @ k^T / sqrt(hs)", "B nh T T", "each token's query against every key, per head"),
+        ("h.probs", "causal softmax", "B nh T T", "future (above the diagonal) masked; rows sum to 1"),
         ("h.att_v", "att @ v", "B nh T hs", "each token's weighted mix of the values it may see"),
         ("h.merge", "merge heads", "B T C", "heads side by side again: nh x hs = C"),
         ("h.attn_proj", "attn.c_proj", "B T C", "mix the heads: C -> C"),
@@ -125,7 +127,7 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
         ("h.mlp_proj", "mlp.c_proj", "B T C", "MLP down-projection: 4C -> C"),
         ("h.resid_2", "x + mlp", "B T C", "residual connection: the block's output"),
         ("ln_f", "ln_f(x)", "B T C", "final LayerNorm"),
-        ("logits", "lm_head -> logits", "B T V", "a score for every vocabulary entry at every position"),
+        ("logits", "lm_head -> logits", "B T V", "a score for each of the V token ids, per position"),
     ]
     rows = []
     for key, tensor, syms, note in spec:
@@ -359,6 +361,32 @@ def activation_bytes(config: "GPTConfig", batch_size: int, seq_len: int, dtype: 
     return batch_size * seq_len * per_token + seq_len * 8  # + the int64 positions
 
 
+def saved_activation_bytes(model: "GPT", idx: "torch.Tensor", targets: "torch.Tensor") -> int:
+    """Measured activation memory: bytes of the tensors autograd saves in a training forward pass.
+
+    These are exactly what a training step holds between forward and backward besides the
+    weights, gradients and optimizer state, so they set the activation part of the peak. Saved
+    tensors are often views of one another (q, k, v of one c_attn output; a Linear's input and
+    the previous op's output), so they are counted once per storage; storages of parameters
+    (weights saved by matmuls) are left out.
+    """
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(idx, targets)
+    del loss  # frees the graph and the saved tensors
+    return sum(storages.values())
+
+
 def memory_table(config: "GPTConfig", batch_size: int, seq_len: int, dtype: str, n_params: int) -> dict[str, Any]:
     """Bytes of weights, gradients, AdamW state, activations and KV cache in ``dtype``."""
     b = DTYPE_BYTES[dtype]
@@ -430,11 +458,16 @@ def _shape(t: Sequence[Any]) -> str:
     return "[" + ", ".join(str(x) for x in t) + "]"
 
 
-def _table(rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
+def _table(rows: list[list[str] | str], right: Iterable[int] = ()) -> list[str]:
+    """Align the columns of ``rows``; a plain string is a full-width line between rows."""
     right = set(right)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    cells_rows = [r for r in rows if not isinstance(r, str)]
+    widths = [max(len(r[i]) for r in cells_rows) for i in range(len(cells_rows[0]))]
     out = []
     for r in rows:
+        if isinstance(r, str):
+            out.append("  " + r)
+            continue
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         out.append("  " + "  ".join(cells).rstrip())
     return out
@@ -447,20 +480,21 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"Model: {L} layers, {nh} heads, n_embd {C}, block_size {cfg['block_size']}, vocab {V}, "
         f"bias {cfg['bias']}, dropout {cfg['dropout']}" + (f"  ({report['source']})" if report["source"] else ""),
-        f"Letters: B = {B} sequence{'s' if B != 1 else ''}, T = {T} tokens, C = {C} channels, "
-        f"nh = {nh} heads x hs = {hs} channels per head ({nh} x {hs} = {C} = C), V = {V}, L = {L} blocks",
+        f"Letters: B = {B} sequence{'s' if B != 1 else ''}, T = {T} tokens, C = {C} channels, V = {V} token ids, "
+        f"L = {L} blocks,",
+        f"         nh = {nh} heads x hs = {hs} channels per head ({nh} x {hs} = {C} = C)",
         "",
-        f"Forward pass: one call of the model processes all {B} x {T} tokens at once (every position in "
+        f"Forward pass: one call of the model processes all {B} x {T} tokens at once (every position in",
         "parallel, no loop over tokens). Shapes checked against hooks on the real module (meta device).",
     ]
-    table = [["tensor", "shape", "", "what happens"]]
+    table: list[list[str] | str] = [["tensor", "shape", "numbers", "what happens"]]
     in_block = False
     for r in report["forward"]:
         if r["per_block"] and not in_block:
-            table.append([f"-- in each of the {L} blocks h.0 .. h.{L - 1} (same shapes in every block) --", "", "", ""])
+            table.append(f"-- in each of the {L} blocks h.0 .. h.{L - 1} (the same shapes in every block) --")
             in_block = True
         elif not r["per_block"] and in_block:
-            table.append([f"-- end of block (x {L}) --", "", "", ""])
+            table.append(f"-- end of block (x {L}) --")
             in_block = False
         sym = "[" + ", ".join(r["symbols"]) + "]"
         table.append([("  " if r["per_block"] else "") + r["tensor"], sym, _shape(r["shape"]), r["note"]])
@@ -509,6 +543,11 @@ def format_report(report: dict[str, Any]) -> str:
         ["inference total", human_bytes(m["inference_total"]), "weights + full KV cache"],
     ]
     lines += _table(table, right=[1])
+    if m["dtype"] != "float32":
+        lines += [
+            f"  Counted in {m['dtype']} (AdamW moments and the loss's log-probabilities in fp32). Training under",
+            "  autocast, as 'nanogpt train' does, keeps fp32 weights and gradients and an fp32 residual stream.",
+        ]
     return "\n".join(lines)
 
 
@@ -590,15 +629,14 @@ def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: 
     else:
         ncols = math.ceil(math.sqrt(nh))
         nrows = math.ceil(nh / ncols)
-        cell = min(max(3.0, 0.22 * T), 40 / max(nrows, ncols))
+        cell = min(max(3.0, 0.15 * T), 40 / max(nrows, ncols))  # inches per heatmap
     fig = Figure(figsize=(ncols * cell + 1.2, nrows * cell + 0.8), layout="constrained")
     FigureCanvasAgg(fig)  # render with Agg, without pyplot or changing the global backend
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#d9d9d9")  # the masked future: grey
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # the masked future: grey
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     image = None
-    label_size = max(4.0, min(9.0, 220 / T))
+    label_size = max(3.0, min(9.0, 0.75 * 72 * cell / T))  # points: about one token's height
     for ax in axes.flat:
         ax.set_axis_off()
     for li, layer in enumerate(layers):
@@ -620,6 +658,9 @@ def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: 
                 ticks = list(range(0, T, step))
                 ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=label_size)
                 ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=label_size)
+    if not overview:
+        fig.supxlabel("token attended to (key)")
+        fig.supylabel("attending token (query)")
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     if title:
         fig.suptitle(title)
@@ -633,23 +674,64 @@ def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: 
 # Where the configuration comes from
 
 
-def _training_preset_config(name: str) -> "GPTConfig":
-    from nanogpt.config import get_preset
+GPT2_VOCAB = 50257  # tokens of the GPT-2 BPE tokenizer
+SHAKESPEARE_CHARS = 65  # distinct characters of the tiny-Shakespeare corpus
+
+
+def _dataset_vocab(preset: dict[str, Any]) -> tuple[int, str]:
+    """The vocabulary a training preset will get from its dataset, and where that number is from.
+
+    Training sets ``model.vocab_size`` from the prepared dataset when the preset does not fix
+    it; this reads the same dataset's meta.json if it is there, else the tokenizer's size.
+    """
+    from nanogpt.config import DataConfig
+
+    dataset = Path(preset.get("data.dataset", DataConfig.dataset))
+    meta_path = dataset / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if isinstance(meta.get("vocab_size"), int):
+                return meta["vocab_size"], f"vocab from {meta_path}"
+            from nanogpt.tokenizer import tokenizer_from_dict
+
+            return tokenizer_from_dict(meta["tokenizer"]).vocab_size, f"vocab from {meta_path}"
+        except (ValueError, KeyError, TypeError, NanoGPTError):
+            pass  # unreadable: fall back to what the tokenizer implies
+    tokenizer = preset.get("data.tokenizer", DataConfig.tokenizer)
+    if tokenizer == "gpt2":
+        return GPT2_VOCAB, "vocab of the GPT-2 tokenizer"
+    if preset.get("data.prepare") == "shakespeare":
+        return SHAKESPEARE_CHARS, f"vocab: Shakespeare's {SHAKESPEARE_CHARS} characters ({dataset} not prepared yet)"
+    raise NanoGPTError(
+        f"the vocabulary of this preset comes from its dataset {dataset}, which is not prepared; "
+        "run 'nanogpt prepare' first or pass --vocab-size"
+    )
+
+
+def config_from_preset(name: str, vocab_size: int | None = None) -> tuple["GPTConfig", str]:
+    """A GPT-2 name (gpt2, gpt2-medium, ...) or the model part of a training preset.
+
+    Returns the configuration and a description of its source.
+    """
+    from nanogpt.config import get_preset, preset_names
     from nanogpt.model import GPTConfig
 
-    model_keys = {k.split(".", 1)[1]: v for k, v in get_preset(name).items() if k.startswith("model.")}
-    return GPTConfig(**model_keys)
-
-
-def config_from_preset(name: str) -> "GPTConfig":
-    """A GPT-2 name (gpt2, gpt2-medium, ...) or the model part of a training preset."""
-    from nanogpt.config import preset_names
-    from nanogpt.model import GPTConfig
-
+    extra = {} if vocab_size is None else {"vocab_size": vocab_size}
     if name in GPTConfig.PRESETS:
-        return GPTConfig.from_name(name)
+        return GPTConfig.from_name(name, **extra), f"preset {name}"
     if name in preset_names():
-        return _training_preset_config(name)
+        preset = get_preset(name)
+        model = {k.split(".", 1)[1]: v for k, v in preset.items() if k.startswith("model.")}
+        where = f"training preset {name}"
+        model.update(extra)
+        if "vocab_size" not in model:
+            model["vocab_size"], note = _dataset_vocab(preset)
+            where += f"; {note}"
+        try:
+            return GPTConfig(**model), where
+        except ValueError as e:
+            raise NanoGPTError(str(e)) from None
     import difflib
 
     names = [*GPTConfig.PRESETS, *preset_names()]
@@ -692,25 +774,36 @@ def config_from_folder(folder: str | Path) -> "GPTConfig":
     )
 
 
-def resolve_config(source: str | None, preset: str | None, block_size: int | None) -> tuple["GPTConfig", str]:
-    """The configuration to explain and a description of where it came from."""
+def resolve_config(
+    source: str | None, preset: str | None, block_size: int | None = None, vocab_size: int | None = None
+) -> tuple["GPTConfig", str]:
+    """The configuration to explain and a description of where it came from.
+
+    ``source`` is a run folder or Hugging Face folder (or, if no such path exists, a preset
+    name); without either, GPT-2 small. ``block_size`` replaces the context length (for a
+    trained model only downwards: its position table cannot grow); ``vocab_size`` is for
+    presets only.
+    """
     if source and preset:
         raise NanoGPTError("pass either a folder or --preset, not both")
     if source and not Path(source).exists():
         preset, source = source, None  # 'nanogpt inspect gpt2' reads like a preset name
+    if block_size is not None and block_size <= 0:
+        raise NanoGPTError(f"--block-size must be positive, got {block_size}")
+    if vocab_size is not None and vocab_size <= 0:
+        raise NanoGPTError(f"--vocab-size must be positive, got {vocab_size}")
     if source:
+        if vocab_size is not None:
+            raise NanoGPTError("--vocab-size only applies to presets; a trained model's vocabulary is fixed")
         config, where = config_from_folder(source), str(source)
-        trained = config.block_size
-        if block_size is not None and block_size > trained:
+        if block_size is not None and block_size > config.block_size:
             raise NanoGPTError(
-                f"{source} has block_size {trained}; --block-size can only shrink it (1..{trained}), got {block_size}"
+                f"{source} has block_size {config.block_size}; --block-size can only shrink it "
+                f"(1..{config.block_size}), got {block_size}"
             )
     else:
-        name = preset or "gpt2"
-        config, where = config_from_preset(name), f"preset {name}"
+        config, where = config_from_preset(preset or "gpt2", vocab_size)
     if block_size is not None:
-        if block_size <= 0:
-            raise NanoGPTError(f"--block-size must be positive, got {block_size}")
         config.block_size = block_size
     return config, where
 
@@ -730,6 +823,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl, or a training preset (shakespeare-char, gpt2-124m, ...)",
     )
     parser.add_argument("--block-size", type=int, default=None, help="context length T to explain (default: the model's)")
+    parser.add_argument("--vocab-size", type=int, default=None, help="vocabulary size V for a preset (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences per batch B (default: 1)")
     parser.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32", help="number format for memory sizes (default: float32)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -775,7 +869,7 @@ def cli_main(args: argparse.Namespace) -> int:
     """Entry point of ``nanogpt inspect``."""
     if args.attention is not None:
         return run_attention(args)
-    config, where = resolve_config(args.source, args.preset, args.block_size)
+    config, where = resolve_config(args.source, args.preset, args.block_size, args.vocab_size)
     report = explain(config, batch_size=args.batch_size, dtype=args.dtype, source=where)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

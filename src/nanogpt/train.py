@@ -151,14 +151,18 @@ def estimate_loss(
             losses[k] = loss.float()
         mean = losses.mean()
         if runtime.dist.enabled:
-            import torch.distributed as tdist
-
-            tdist.all_reduce(mean, op=tdist.ReduceOp.AVG if runtime.device.type == "cuda" else tdist.ReduceOp.SUM)
-            if runtime.device.type != "cuda":  # gloo has no AVG
-                mean /= runtime.dist.world_size
+            mean = _all_reduce_mean(mean, runtime)
         out[name] = mean.item()
     model.train(was_training)
     return out
+
+
+def _all_reduce_mean(t: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    import torch.distributed as tdist
+
+    t = t.detach().clone()
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)  # gloo has no AVG
+    return t / runtime.dist.world_size
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +436,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
         loader.load_state_dict(ck.info["loader"][str(dist.rank)] if str(dist.rank) in ck.info["loader"] else ck.info["loader"]["0"])
         set_rng_state(ts["rng"])
         start_iter = int(ck.info["iter"])
-        best_val = float(ck.info.get("best_val", float("inf")))
+        best_val = float(ck.info["best_val"]) if ck.info.get("best_val") is not None else float("inf")
         train_time = float(ck.info.get("train_time", 0.0))
         tokens_seen = int(ck.info.get("tokens", 0))
     else:
@@ -514,6 +518,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
                 t0 = time.perf_counter()
                 batches = [loader.next_batch() for _ in range(per_rank_accum)]
                 loss_t = train_step(fwd, optimizer, batches, runtime, cfg.optim.grad_clip, scaler)
+                if dist.enabled:  # report the mean over all ranks, as one process would
+                    loss_t = _all_reduce_mean(loss_t, runtime)
                 loss = loss_t.item()  # syncs the device, so the timing below is real
                 dt = time.perf_counter() - t0
                 train_time += dt

@@ -1,0 +1,221 @@
+"""Training: loss falls, exact resume, DDP parity, atomic checkpoints, signals, fine-tuning."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanogpt.checkpoint import load_checkpoint, load_model
+from nanogpt.cli import main
+from nanogpt.config import TrainConfig
+from nanogpt.errors import NanoGPTError
+from nanogpt.train import lr_at, train
+
+TINY = {
+    "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "model.dropout": 0.0,
+    "data.batch_size": 8, "data.tokenizer": "char",
+    "optim.lr": 3e-3, "optim.min_lr": 3e-4, "optim.warmup_iters": 5, "optim.beta2": 0.99,
+    "run.max_iters": 40, "run.eval_interval": 20, "run.eval_iters": 4, "run.log_interval": 5,
+    "run.device": "cpu", "run.dtype": "float32", "run.compile": "false", "run.sample_tokens": 0,
+    "run.progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """A character-level dataset of generated text (fast; no corpus needed)."""
+    from nanogpt.data import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    words = ["the", "king", "queen", "speaks", "of", "war", "and", "love", "to", "his", "her", "people"]
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(3000):
+        n = int(torch.randint(3, 9, (1,), generator=g))
+        lines.append(" ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g)) + ".")
+    src = root / "text.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare([str(src)], str(root / "chars"), tokenizer="char", progress=False)
+    return root / "chars"
+
+
+def cfg_for(data_dir, out_dir, **kw):
+    flat = {**TINY, "data.dataset": str(data_dir), "run.out_dir": str(out_dir), **kw}
+    return TrainConfig.from_flat(flat), set(flat)
+
+
+def test_lr_schedule_shapes():
+    cfg = TrainConfig.from_flat({"optim.lr": 1.0, "optim.min_lr": 0.1, "optim.warmup_iters": 10})
+    o = cfg.optim
+    assert lr_at(0, o, 110) == pytest.approx(0.1) and lr_at(9, o, 110) == pytest.approx(1.0)
+    assert lr_at(60, o, 110) == pytest.approx(0.55)  # cosine midpoint
+    assert lr_at(110, o, 110) == pytest.approx(0.1) and lr_at(500, o, 110) == pytest.approx(0.1)
+    o.schedule = "wsd"
+    o.decay_frac = 0.5
+    assert lr_at(50, o, 110) == pytest.approx(1.0) and lr_at(110, o, 110) == pytest.approx(0.1)
+    o.schedule = "constant"
+    assert lr_at(100, o, 110) == 1.0
+
+
+def test_loss_falls_on_builtin_corpus(tmp_path):
+    """A tiny model on the built-in Shakespeare: a few dozen steps cut the loss clearly."""
+    from nanogpt.data import prepare
+
+    prepare(["shakespeare"], str(tmp_path / "data"), tokenizer="char", progress=False)
+    cfg, explicit = cfg_for(tmp_path / "data", tmp_path / "run", **{"run.max_iters": 60, "run.eval_interval": 60})
+    result = train(cfg, explicit)
+    assert result.losses[0] > 3.8  # ~ln(vocab) at init
+    assert sum(result.losses[-5:]) / 5 < result.losses[0] - 1.0
+    ev = result.evals[-1]
+    assert ev["val_loss"] < 3.2 and ev["val_bpb"] == pytest.approx(ev["val_loss"] / 0.693147 / 1.0, rel=0.1)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"train", "eval"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["n_layer"] == 2
+
+
+def test_exact_resume_bit_for_bit(tmp_path, char_data):
+    """2k steps straight == k steps, stop, resume for k more (fp32 CPU, dropout on)."""
+    k = 12
+    common = {"run.max_iters": 2 * k, "optim.lr_decay_iters": 2 * k, "model.dropout": 0.1, "run.eval_interval": 5}
+    straight, e1 = cfg_for(char_data, tmp_path / "a", **common)
+    full = train(straight, e1).losses
+    first, e2 = cfg_for(char_data, tmp_path / "b", **{**common, "run.max_iters": k})
+    part1 = train(first, e2).losses
+    again, e3 = cfg_for(char_data, tmp_path / "b", **{"run.init_from": "resume", "run.max_iters": 2 * k})
+    part2 = train(again, {"run.init_from", "run.max_iters"}).losses
+    assert len(full) == 2 * k and len(part1) == k and len(part2) == k
+    assert part1 + part2 == full  # exact float equality, step by step
+
+
+def test_checkpoint_has_clean_names_and_no_pickle_weights(tmp_path, char_data):
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 5, "run.eval_interval": 5})
+    train(cfg, explicit)
+    ck = load_checkpoint(tmp_path / "run", "last")
+    assert all(k.startswith("transformer.") for k in ck.model_state)  # no _orig_mod./module.
+    assert ck.info["iter"] == 5 and ck.info["tokenizer"]["type"] == "char"
+    loaded = load_model(tmp_path / "run")
+    assert loaded.tokenizer.vocab_size == loaded.model.config.vocab_size
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, char_data, monkeypatch):
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 10, "run.eval_interval": 5,
+                                                           "run.always_save_checkpoint": True})
+    import nanogpt.checkpoint as ckpt
+
+    real = ckpt.torch.save
+    calls = {"n": 0}
+
+    def crashing_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint dies mid-write
+            Path(f).write_bytes(b"partial")
+            raise OSError("disk full")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, explicit)
+    monkeypatch.setattr(ckpt.torch, "save", real)
+    ck = load_checkpoint(tmp_path / "run", "last")
+    assert ck.info["iter"] == 5
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    # and the run resumes from it
+    again, _ = cfg_for(char_data, tmp_path / "run", **{"run.init_from": "resume"})
+    assert train(again, {"run.init_from"}).iter == 10
+
+
+def test_sigint_saves_a_resumable_checkpoint(tmp_path, char_data):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "nanogpt", "train"] + [f"--{k}={v}" for k, v in TINY.items()] + [
+        f"--data.dataset={char_data}", f"--run.out_dir={out}", "--run.max_iters=100000", "--run.eval_interval=100000",
+        "--run.log_interval=1",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("iter 3:"):
+            p.send_signal(signal.SIGINT)
+            break
+    rest, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, "".join(lines) + rest
+    assert "checkpoint saved" in rest
+    ck = load_checkpoint(out, "last")
+    assert ck.info["iter"] >= 3
+    cfg, _ = cfg_for(char_data, out, **{"run.init_from": "resume", "run.max_iters": ck.info["iter"] + 2})
+    assert train(cfg, {"run.init_from", "run.max_iters"}).iter == ck.info["iter"] + 2
+
+
+def test_finetune_from_hf_folder(tmp_path, char_data):
+    from nanogpt.model import GPT, GPTConfig
+
+    base = GPT(GPTConfig(block_size=64, vocab_size=100, n_layer=2, n_head=2, n_embd=32))
+    base.save_pretrained(str(tmp_path / "hf"))
+    cfg, explicit = cfg_for(char_data, tmp_path / "ft", **{"run.init_from": str(tmp_path / "hf"), "run.max_iters": 10,
+                                                          "run.eval_interval": 10, "model.block_size": 32})
+    result = train(cfg, explicit)
+    assert result.iter == 10 and result.losses[-1] < result.losses[0]
+    loaded = load_model(tmp_path / "ft")
+    assert loaded.model.config.vocab_size == 100 and loaded.model.config.block_size == 32
+    # the fine-tuned weights moved away from the base
+    assert not torch.equal(loaded.model.transformer.h[0].attn.c_attn.weight, base.transformer.h[0].attn.c_attn.weight)
+
+
+def test_non_finite_loss_stops_with_checkpoint_intact(tmp_path, char_data, monkeypatch):
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 20, "run.eval_interval": 5})
+    import nanogpt.train as tr
+
+    real = tr.train_step
+    n = {"i": 0}
+
+    def exploding(*a, **k):
+        n["i"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if n["i"] == 8 else loss
+
+    monkeypatch.setattr(tr, "train_step", exploding)
+    with pytest.raises(NanoGPTError, match="loss became nan at iteration 8.*last good checkpoint"):
+        train(cfg, explicit)
+    assert load_checkpoint(tmp_path / "run", "last").info["iter"] == 5
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ({"data.dataset": "/nonexistent/data", "data.prepare": "none"}, "run: nanogpt prepare shakespeare --tokenizer char --out /nonexistent/data"),
+        ({"model.block_size": 100000}, "shorter than block_size"),
+        ({"run.init_from": "resume"}, "holds no checkpoint|does not exist"),
+        ({"run.init_from": "gpt7"}, "is not scratch, resume"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, char_data, capsys, extra, match):
+    flat = {**TINY, "data.dataset": str(char_data), "run.out_dir": str(tmp_path / "empty"), **extra}
+    rc = main(["train"] + [f"--{k}={v}" for k, v in flat.items()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    import re
+
+    assert re.search(match, err[0]), err[0]
+
+
+def test_resume_refuses_a_different_model(tmp_path, char_data, capsys):
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 5, "run.eval_interval": 5})
+    train(cfg, explicit)
+    rc = main(["train", "--run.init_from=resume", f"--run.out_dir={tmp_path / 'run'}", "--model.n_layer=3"])
+    assert rc == 2
+    assert "cannot resume with model.n_layer=3" in capsys.readouterr().err
+
+
+def test_plot_writes_png(tmp_path, char_data):
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 10, "run.eval_interval": 5})
+    train(cfg, explicit)
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    png = tmp_path / "run" / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
