@@ -59,6 +59,10 @@ def test_lr_schedule_shapes():
     o.schedule = "wsd"
     o.decay_frac = 0.5
     assert lr_at(50, o, 110) == pytest.approx(1.0) and lr_at(110, o, 110) == pytest.approx(0.1)
+    assert lr_at(85, o, 110) == pytest.approx(0.55)  # halfway through the decay half
+    o.schedule = "cosine"
+    assert lr_at(20, o, 110, time_frac=1.0) == pytest.approx(0.1)  # the time budget is spent
+    assert lr_at(60, o, 110, time_frac=0.1) == pytest.approx(0.55)  # iterations are further along
     o.schedule = "constant"
     assert lr_at(100, o, 110) == 1.0
 

@@ -190,7 +190,11 @@ class RunConfig:
 
     out_dir: str = _help("run folder: checkpoints, metrics.jsonl, config.json", default="runs/default")
     max_iters: int = _help("optimizer steps to train for", default=600000)
-    max_seconds: float = _help("also stop after this much training time (0 = no limit); evaluation not counted", default=0.0)
+    max_seconds: float = _help(
+        "time budget: stop after this much training time (0 = none; evaluation not counted); the lr schedule then "
+        "follows whichever of iterations and time is further along",
+        default=0.0,
+    )
     eval_interval: int = _help("evaluate every this many steps (and at the end)", default=2000)
     eval_iters: int = _help("batches per split for each evaluation", default=200)
     log_interval: int = _help("print a log line every this many steps", default=10)

