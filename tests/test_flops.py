@@ -160,3 +160,38 @@ def test_real_cpu_probe_is_positive_and_quick():
     peak = flops.measure_cpu_peak(torch.float32, seconds_per_shape=0.02)
     assert peak > 1e9  # any CPU that runs these tests does > 1 GFLOP/s
     assert time.perf_counter() - t0 < 5
+
+
+def test_remeasure_keeps_the_higher_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(flops, "_cpu_peak_memory", {})
+    readings = iter([100e9, 50e9, 300e9])
+    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype, seconds_per_shape=0.0: next(readings))
+    assert flops.cpu_peak_flops(torch.float32) == 100e9
+    assert flops.cpu_peak_flops(torch.float32, remeasure=True) == 100e9  # a disturbed probe reads low
+    assert flops.cpu_peak_flops(torch.float32, remeasure=True) == 300e9
+    flops._cpu_peak_memory.clear()
+    assert flops.cpu_peak_flops(torch.float32) == 300e9
+
+
+def test_fp32_on_cuda_counts_as_tf32_only_when_allowed():
+    cuda = torch.device("cuda")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")  # TF32 off
+        assert flops.dtype_key(torch.float32, cuda) == "fp32"
+        torch.set_float32_matmul_precision("high")  # TF32 allowed
+        assert flops.dtype_key(torch.float32, cuda) == "tf32"
+        assert flops.dtype_key(torch.float32, torch.device("cpu")) == "fp32"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert flops.dtype_key(torch.bfloat16) == "bf16"
+
+
+def test_cuda_peak_uses_the_device_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert flops.peak_flops(torch.device("cuda"), torch.bfloat16) == pytest.approx(989.5e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Mystery 9000")
+    assert flops.peak_flops(torch.device("cuda"), torch.bfloat16) is None
+    cfg = _tiny()
+    assert flops.format_mfu(flops.mfu(1e6, cfg, 32, torch.device("cuda"), torch.bfloat16)) == "MFU: unknown peak"

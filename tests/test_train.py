@@ -223,3 +223,12 @@ def test_plot_writes_png(tmp_path, char_data):
     assert main(["plot", str(tmp_path / "run")]) == 0
     png = tmp_path / "run" / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_tensorboard_logging(tmp_path, char_data):
+    pytest.importorskip("tensorboard")
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 5, "run.eval_interval": 5,
+                                                           "run.tensorboard": True})
+    train(cfg, explicit)
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100

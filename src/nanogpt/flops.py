@@ -187,7 +187,9 @@ def dtype_key(dtype: torch.dtype, device: torch.device | None = None) -> str:
     if dtype is torch.float16:
         return "fp16"
     if dtype is torch.float32:
-        if device is not None and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        if device is not None and device.type == "cuda" and (
+            torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+        ):
             return "tf32"
         return "fp32"
     raise ValueError(f"no peak FLOP/s for dtype {dtype}; use bfloat16, float16 or float32")
@@ -278,16 +280,21 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
 
 
 def cpu_peak_flops(dtype: torch.dtype, remeasure: bool = False) -> float:
-    """Measured peak matmul FLOP/s of this CPU in ``dtype``, cached in memory and on disk."""
+    """Measured peak matmul FLOP/s of this CPU in ``dtype``, cached in memory and on disk.
+
+    ``remeasure=True`` probes again and keeps the higher of the new and the cached figure: a
+    probe disturbed by other processes reads low, and a low peak would overstate MFU.
+    """
     key = _cpu_cache_key(dtype_key(dtype))
-    if not remeasure:
-        if key in _cpu_peak_memory:
-            return _cpu_peak_memory[key]
-        cached = _read_cache(cache_path()).get(key)
-        if isinstance(cached, (int, float)) and cached > 0:
-            _cpu_peak_memory[key] = float(cached)
-            return float(cached)
-    peak = measure_cpu_peak(dtype)
+    cached = _cpu_peak_memory.get(key)
+    if cached is None:
+        stored = _read_cache(cache_path()).get(key)
+        if isinstance(stored, (int, float)) and stored > 0:
+            cached = float(stored)
+    if cached is not None and not remeasure:
+        _cpu_peak_memory[key] = cached
+        return cached
+    peak = max(measure_cpu_peak(dtype), cached or 0.0)
     _cpu_peak_memory[key] = peak
     data = _read_cache(cache_path())
     data[key] = peak

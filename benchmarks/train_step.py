@@ -1,0 +1,227 @@
+"""Our training step against a plain fp32 eager loop of the same model, side by side, on CPU.
+
+    python benchmarks/train_step.py                 # both models, results in benchmarks/results/
+    python benchmarks/train_step.py --cases char --rounds 5
+
+"ours" is exactly what ``nanogpt train`` runs: ``setup_runtime`` defaults (bfloat16 autocast
+on CPUs with AVX-512 BF16/AMX, compile off on CPU), ``configure_optimizer`` (AdamW, decay on
+matrices, foreach kernels) and ``train_step``. "plain fp32" is nanoGPT's CPU path: the same
+model in float32 without autocast, ``torch.optim.AdamW`` with its defaults, and the standard
+loop (forward, backward, clip, step, zero_grad). Both start from the same weights and train on
+the same fixed batch of random tokens.
+
+The two contenders alternate in rounds (ours, plain, ours, plain, ...) so that load from other
+processes hits both alike; each reports the median over its measured steps. The CPU's peak
+matmul FLOP/s per dtype is measured in the same run (``nanogpt.flops.measure_cpu_peak``) and
+MFU is against the peak of the dtype the matmuls ran in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nanogpt import flops
+from nanogpt.bench import time_calls
+from nanogpt.config import OptimConfig
+from nanogpt.device import device_label, setup_runtime
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.train import configure_optimizer, train_step
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Case:
+    """A model shape and batch to time."""
+
+    name: str
+    config: GPTConfig
+    batch_size: int
+    steps_per_round: int
+
+
+CASES = {
+    # nanoGPT's Shakespeare char model (6 layers, 6 heads, 384 wide, block 256), nanoGPT's
+    # default batch of 12, no dropout (dropout forces the slower math attention on CPU).
+    "char": lambda a: Case("char 6L/6H/384, block 256", GPTConfig(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0), a.char_batch, a.char_steps),
+    # A toy model for checking the script itself (tests); its numbers mean nothing.
+    "smoke": lambda a: Case("smoke 2L/2H/32, block 16", GPTConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0), 2, 1),
+    # GPT-2 small dims at nanoGPT's GPT-2 settings (vocab 50304, block 1024), a small batch to fit.
+    "gpt2": lambda a: Case("GPT-2 small 12L/12H/768, block 1024", GPTConfig(
+        n_layer=12, n_head=12, n_embd=768, block_size=a.gpt2_block, vocab_size=50304, dropout=0.0),
+        a.gpt2_batch, a.gpt2_steps),
+}
+
+
+def plain_fp32_contender(config: GPTConfig, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], float]:
+    """nanoGPT's CPU training loop: fp32, no autocast, default AdamW, clip 1.0."""
+    torch.manual_seed(0)
+    model = GPT(config)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=6e-4, betas=(0.9, 0.95)
+    )
+    x, y = batch
+
+    def step() -> float:
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def our_contender(config: GPTConfig, batch: tuple[torch.Tensor, torch.Tensor], runtime: Any) -> Callable[[], float]:
+    """The step ``nanogpt train`` runs, with its default device/dtype/compile decisions."""
+    from nanogpt.device import maybe_compile
+
+    torch.manual_seed(0)
+    model = GPT(config)
+    optimizer = configure_optimizer(model, OptimConfig(), runtime.device)
+    fwd = maybe_compile(model, runtime.compile)
+    return lambda: train_step(fwd, optimizer, [batch], runtime, grad_clip=1.0)
+
+
+def run_case(case: Case, rounds: int, warmup: int, runtime: Any, peaks: dict[str, float], log: Callable[[str], None]) -> dict[str, Any]:
+    """Time both contenders on one model in alternating rounds; their medians, MFU and ratio."""
+    cfg = case.config
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, cfg.vocab_size, (case.batch_size, cfg.block_size + 1), generator=g)
+    batch = (seq[:, :-1].contiguous(), seq[:, 1:].contiguous())  # (B, T) inputs, next-token targets
+    contenders = {
+        "ours": (our_contender(cfg, batch, runtime), runtime.dtype),
+        "plain fp32": (plain_fp32_contender(cfg, batch), torch.float32),
+    }
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    losses: dict[str, list[float]] = {k: [] for k in contenders}
+    for name, (step, _) in contenders.items():
+        log(f"  warm-up {name} ({warmup} steps)")
+        for _ in range(warmup):
+            losses[name].append(float(step()))
+    for r in range(rounds):
+        for name, (step, _) in contenders.items():
+            timing = time_calls(step, 0, case.steps_per_round, torch.device("cpu"))
+            times[name] += timing.per_call
+            losses[name] += [float(v) for v in timing.results]
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {1000 * sorted(v)[len(v) // 2]:.0f} ms" for k, v in times.items()))
+    tokens = case.batch_size * cfg.block_size
+    fpt = flops.flops_per_token(cfg, cfg.block_size)
+    rows = {}
+    for name, (_, dtype) in contenders.items():
+        t = sorted(times[name])
+        median = t[len(t) // 2]
+        tok_s = tokens / median
+        peak = peaks[flops.dtype_key(dtype)]
+        rows[name] = {
+            "dtype": str(dtype).replace("torch.", ""),
+            "ms_per_step_median": 1000 * median,
+            "ms_per_step_min": 1000 * t[0],
+            "tokens_per_second": tok_s,
+            "achieved_tflops": tok_s * fpt / 1e12,
+            "mfu_vs_own_dtype_peak": tok_s * fpt / peak,
+            "mfu_vs_bf16_peak": tok_s * fpt / peaks["bf16"],
+            "loss_first": losses[name][0],
+            "loss_last": losses[name][-1],
+            "steps_timed": len(t),
+        }
+    return {
+        "case": case.name,
+        "model": cfg.to_dict(),
+        "batch_size": case.batch_size,
+        "tokens_per_step": tokens,
+        "flops_per_token": fpt,
+        "results": rows,
+        "speedup_ours_vs_plain": rows["plain fp32"]["ms_per_step_median"] / rows["ours"]["ms_per_step_median"],
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with the machine, peaks, date and command."""
+    lines = [
+        f"Training step, ours vs plain fp32 eager loop — {report['date']}",
+        "",
+        f"Machine: {report['machine']}; torch {report['torch']}. "
+        f"Measured peak: bf16 {report['peak_tflops']['bf16']:.2f} TFLOP/s, fp32 {report['peak_tflops']['fp32']:.2f} TFLOP/s.",
+        f"Command: `{report['command']}`",
+        "",
+        "| model | batch x block | contender | dtype | ms/step (median) | tokens/s | TFLOP/s | MFU (own dtype peak) | MFU (bf16 peak) | speedup |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["cases"]:
+        for name, r in c["results"].items():
+            speed = f"{c['speedup_ours_vs_plain']:.2f}x" if name == "ours" else "1.00x"
+            lines.append(
+                f"| {c['case']} | {c['batch_size']} x {c['model']['block_size']} | {name} | {r['dtype']} | "
+                f"{r['ms_per_step_median']:.0f} | {r['tokens_per_second']:,.0f} | {r['achieved_tflops']:.3f} | "
+                f"{100 * r['mfu_vs_own_dtype_peak']:.1f}% | {100 * r['mfu_vs_bf16_peak']:.1f}% | {speed} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default="char,gpt2", help="comma-separated: char, gpt2, smoke (default: char,gpt2)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per contender first (default: 1)")
+    p.add_argument("--char-batch", type=int, default=12)
+    p.add_argument("--char-steps", type=int, default=3, help="timed steps per round, char model (default: 3)")
+    p.add_argument("--gpt2-batch", type=int, default=2)
+    p.add_argument("--gpt2-block", type=int, default=1024)
+    p.add_argument("--gpt2-steps", type=int, default=1, help="timed steps per round, GPT-2 dims (default: 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--probe-seconds", type=float, default=0.5, help="seconds per shape of the peak FLOP/s probe")
+    p.add_argument("--out", default=str(RESULTS / "train_step_cpu"), help="output path without extension")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    runtime = setup_runtime("cpu")  # our defaults on this CPU
+    log(runtime.describe())
+    log("measuring the CPU's peak matmul FLOP/s (bf16, fp32) ...")
+    peaks = {k: flops.measure_cpu_peak(dt, seconds_per_shape=a.probe_seconds) for k, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    log(f"  bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
+    cases = []
+    for key in [c.strip() for c in a.cases.split(",") if c.strip()]:
+        if key not in CASES:
+            p.error(f"unknown case {key!r}; choose from {', '.join(CASES)}")
+        case = CASES[key](a)
+        log(f"{case.name}: batch {case.batch_size}, {a.rounds} rounds x {case.steps_per_round} steps")
+        cases.append(run_case(case, a.rounds, a.warmup, runtime, peaks, log))
+        log(f"  speedup ours vs plain fp32: {cases[-1]['speedup_ours_vs_plain']:.2f}x")
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": device_label(torch.device("cpu")),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "runtime": runtime.describe(),
+        "command": "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+        "cases": cases,
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
