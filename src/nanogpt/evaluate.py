@@ -1,0 +1,284 @@
+"""``nanogpt eval``: mean loss, perplexity and bits-per-byte of a model on a whole split or text.
+
+How tokens are scored (strided windows). A stream of N tokens has N - 1 targets: token j is
+predicted from the tokens before it (token 0 has nothing before it and is not scored). With a
+context of ``ctx`` tokens and a stride ``s`` (1 <= s <= ctx):
+
+* the first window holds tokens 0..ctx-1 and scores targets 1..ctx;
+* each further window ends ``s`` targets later, holds the ``ctx`` tokens before its end, and
+  scores only its last ``s`` targets (the ones no earlier window scored).
+
+So every target is scored exactly once. Past the first window a target sees between ``ctx - s
++ 1`` and ``ctx`` tokens of context: ``s = ctx`` (the default) is fastest and matches how
+training measures val loss on random windows; a smaller stride gives every token more context
+and a lower loss (``s = 1`` is a full sliding window, one forward pass per token).
+
+Text files are tokenized with the model's tokenizer; when it has an end-of-text token (GPT-2) the
+stream starts with it, so every token of the text is scored.
+
+bits per byte = total nats / ln 2 / UTF-8 bytes of the scored text. For a text file the bytes are
+counted exactly. For a prepared split they are the split's bytes (from meta.json) times the
+fraction of its tokens scored, i.e. ``loss / ln 2 / bytes_per_token``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from nanogpt.errors import NanoGPTError
+from nanogpt.model import GPT
+
+# Cap on logits elements per forward pass (B x T x V, float32): about 256 MB.
+_MAX_LOGITS = 1 << 26
+
+
+def windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """The evaluation windows of a stream of ``n_tokens``: (start, end, scored) triples.
+
+    The window's input is tokens[start:end], its targets tokens[start+1:end+1], and only its
+    last ``scored`` targets count. Together the windows score targets 1..n_tokens-1 once each.
+    """
+    if not 1 <= stride <= context:
+        raise NanoGPTError(f"--stride must be in 1..{context} (the context), got {stride}")
+    last = n_tokens - 1  # index of the last target
+    if last < 1:
+        return
+    end = min(context, last)
+    yield 0, end, end
+    while end < last:
+        new_end = min(end + stride, last)
+        yield max(0, new_end - context), new_end, new_end - end
+        end = new_end
+
+
+@torch.inference_mode()
+def score_tokens(
+    model: GPT,
+    tokens: np.ndarray | torch.Tensor,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    autocast: Any = None,
+) -> tuple[float, int]:
+    """Total cross-entropy (nats, float64 sum) and number of targets scored over ``tokens`` (N,).
+
+    See the module doc for the windows. ``autocast`` is a context manager factory (e.g.
+    ``Runtime.autocast``) or None for the model's own dtype. The model runs in eval mode.
+    """
+    ctx = model.config.block_size if context is None else context
+    if not 1 <= ctx <= model.config.block_size:
+        raise NanoGPTError(f"--context must be in 1..{model.config.block_size} (the model's block_size), got {ctx}")
+    stride = ctx if stride is None else stride
+    if batch_size <= 0:
+        raise NanoGPTError(f"--batch-size must be positive, got {batch_size}")
+    device = model.lm_head.weight.device
+    V = model.config.vocab_size
+
+    def chunk(a: int, b: int) -> torch.Tensor:
+        # slices are converted one window at a time: a memory-mapped split is never copied whole
+        piece = tokens[a:b]
+        return piece.long() if isinstance(piece, torch.Tensor) else torch.from_numpy(np.asarray(piece, dtype=np.int64))
+
+    per_batch = max(1, min(batch_size, _MAX_LOGITS // (ctx * V)))
+    total = 0.0
+    count = 0
+    batch: list[tuple[int, int, int]] = []
+
+    def run(batch: list[tuple[int, int, int]]) -> float:
+        L = max(e - s for s, e, _ in batch)
+        x = torch.zeros(len(batch), L, dtype=torch.long)  # (B, L), right-padded
+        y = torch.full((len(batch), L), -1, dtype=torch.long)  # -1 = not scored
+        for i, (s, e, k) in enumerate(batch):
+            x[i, : e - s] = chunk(s, e)
+            y[i, e - s - k : e - s] = chunk(e - k + 1, e + 1)  # the last k targets only
+        if int(x.max()) >= V or int(y.max()) >= V:
+            raise NanoGPTError(f"the data has token id {max(int(x.max()), int(y.max()))}, outside the model's vocabulary of {V}")
+        x, y = x.to(device), y.to(device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits, _ = model(x)  # (B, L, V)
+        nll = F.cross_entropy(logits.float().view(-1, V), y.view(-1), ignore_index=-1, reduction="sum")
+        return float(nll.double())
+
+    was_training = model.training
+    model.eval()  # no dropout while scoring; the caller's mode comes back at the end
+    try:
+        for w in windows(len(tokens), ctx, stride):
+            batch.append(w)
+            count += w[2]
+            if len(batch) == per_batch:
+                total += run(batch)
+                batch = []
+        if batch:
+            total += run(batch)
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+@dataclass
+class EvalResult:
+    """What ``nanogpt eval`` reports (all losses in nats per token)."""
+
+    source: str
+    data: str
+    split: str | None
+    tokens: int  # targets scored
+    bytes: float  # UTF-8 bytes of the scored text
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    context: int
+    stride: int
+    dtype: str
+    seconds: float
+
+
+def _tokens_of_text(path: Path, tokenizer: Any) -> np.ndarray:
+    """The token stream of a text file, led by end-of-text when the tokenizer has one."""
+    from nanogpt.data import read_text_file
+
+    text = read_text_file(path)
+    if not text:
+        raise NanoGPTError(f"{path} is empty; nothing to evaluate")
+    encode = getattr(tokenizer, "encode_array", None) or tokenizer.encode
+    ids = np.asarray(encode(text), dtype=np.int64)
+    if tokenizer.eot_id is not None:
+        # start from end-of-text, as a document does in training: every token is then scored
+        ids = np.concatenate([np.array([tokenizer.eot_id], dtype=np.int64), ids])
+    return ids
+
+
+def _utf8_bytes(tokenizer: Any, ids: np.ndarray) -> int:
+    """UTF-8 bytes of the text of ``ids`` (exact even where the ids cut a character in two)."""
+    as_bytes = getattr(tokenizer, "decode_bytes", None)
+    if as_bytes is not None:
+        return len(as_bytes(ids.tolist()))
+    return len(tokenizer.decode(ids.tolist()).encode("utf-8"))
+
+
+def evaluate(
+    source: str,
+    data: str,
+    split: str = "val",
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> EvalResult:
+    """Load ``source`` and score ``data`` (a prepared folder's ``split`` or a UTF-8 text file)."""
+    from nanogpt.checkpoint import load_model
+    from nanogpt.data import load_prepared
+    from nanogpt.device import dtype_name, setup_runtime
+
+    if max_tokens is not None and max_tokens < 2:
+        raise NanoGPTError(f"--max-tokens must be at least 2 (one target needs one token of context), got {max_tokens}")
+    runtime = setup_runtime(device, dtype, "false")
+    path = Path(data)
+    if not path.exists():
+        raise NanoGPTError(f"--data {path} does not exist; pass a folder made by 'nanogpt prepare' or a UTF-8 text file")
+    loaded = load_model(source, runtime.device)
+    model, tok = loaded.model, loaded.tokenizer
+    if path.is_dir():
+        prepared = load_prepared(path)
+        if tok is not None and tok.to_dict() != prepared.tokenizer.to_dict():
+            raise NanoGPTError(
+                f"{path} was tokenized with '{prepared.tokenizer.name}' but {source} uses '{tok.name}' "
+                "(or a different character set); prepare the data with the model's tokenizer"
+            )
+        if prepared.vocab_size > model.config.vocab_size:
+            raise NanoGPTError(f"{path} has a vocabulary of {prepared.vocab_size}, larger than the model's {model.config.vocab_size}")
+        ids = prepared.split(split)
+        if len(ids) < 2:
+            raise NanoGPTError(f"split '{split}' of {path} has {len(ids)} token(s); at least 2 are needed")
+        ids = ids[:max_tokens]
+        split_name: str | None = split
+    else:
+        if tok is None:
+            raise NanoGPTError(f"{source} does not say which tokenizer it uses, so a text file cannot be tokenized for it")
+        ids = _tokens_of_text(path, tok)[:max_tokens]
+        if len(ids) < 2:
+            raise NanoGPTError(f"{path} is a single token; nothing to evaluate")
+        split_name = None
+    ctx = model.config.block_size if context is None else context
+    stride = ctx if stride is None else stride
+    t0 = time.perf_counter()
+    nats, n = score_tokens(model, ids, ctx, stride, batch_size, runtime.autocast)
+    seconds = time.perf_counter() - t0
+    if split_name is None:
+        n_bytes = float(_utf8_bytes(tok, ids[1:]))  # the scored tokens: all but the first
+    else:
+        n_bytes = prepared.bytes_per_token(split) * n
+    loss = nats / n
+    return EvalResult(
+        source=str(source),
+        data=str(path),
+        split=split_name,
+        tokens=n,
+        bytes=n_bytes,
+        loss=loss,
+        perplexity=math.exp(loss),
+        bits_per_byte=nats / math.log(2) / n_bytes,
+        context=ctx,
+        stride=stride,
+        dtype=dtype_name(runtime.dtype),
+        seconds=seconds,
+    )
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face GPT-2 folder, or a hub name (gpt2, ...)")
+    parser.add_argument("--data", required=True, help="a folder made by 'nanogpt prepare', or a UTF-8 text file")
+    parser.add_argument("--split", default="val", choices=["train", "val"], help="split of a prepared folder (default: val)")
+    parser.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's block_size)")
+    parser.add_argument(
+        "--stride", type=int, default=None, help="new tokens scored per window, 1..context (default: context = no overlap)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens (default: all)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="autocast dtype (auto: bfloat16 where the hardware has fast bf16, else float32)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    r = evaluate(
+        args.source,
+        args.data,
+        split=args.split,
+        context=args.context,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    if args.json:
+        print(json.dumps(asdict(r)))
+        return 0
+    where = f"{r.data} ({r.split})" if r.split else r.data
+    print(
+        f"{r.source} on {where}: {r.tokens:,} tokens scored, context {r.context}, stride {r.stride}, "
+        f"{r.dtype}, {r.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(f"loss {r.loss:.4f}  perplexity {r.perplexity:.3f}  bits/byte {r.bits_per_byte:.4f}")
+    return 0
