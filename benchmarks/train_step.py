@@ -34,7 +34,7 @@ from nanogpt.bench import time_calls
 from nanogpt.config import OptimConfig
 from nanogpt.device import device_label, setup_runtime
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.train import configure_optimizer, train_step
+from nanogpt.train import configure_optimizer, prepare_model, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,12 +88,10 @@ def plain_fp32_contender(config: GPTConfig, batch: tuple[torch.Tensor, torch.Ten
 
 def our_contender(config: GPTConfig, batch: tuple[torch.Tensor, torch.Tensor], runtime: Any) -> Callable[[], float]:
     """The step ``nanogpt train`` runs, with its default device/dtype/compile decisions."""
-    from nanogpt.device import maybe_compile
-
     torch.manual_seed(0)
     model = GPT(config)
     optimizer = configure_optimizer(model, OptimConfig(), runtime.device)
-    fwd = maybe_compile(model, runtime.compile)
+    fwd = prepare_model(model, runtime, config.block_size, log=lambda s: None)
     return lambda: train_step(fwd, optimizer, [batch], runtime, grad_clip=1.0)
 
 

@@ -71,9 +71,9 @@ def test_pytorch_bin_with_openai_key_names(tmp_path):
         assert (ours(idx)[0] - hf(idx).logits).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_save_pretrained_round_trip(tmp_path, bias):
-    cfg = GPTConfig(block_size=37, vocab_size=123, n_layer=2, n_head=5, n_embd=80, bias=bias)
+@pytest.mark.parametrize("bias, activation", [(True, "gelu_tanh"), (False, "gelu_tanh"), (True, "gelu")])
+def test_save_pretrained_round_trip(tmp_path, bias, activation):
+    cfg = GPTConfig(block_size=37, vocab_size=123, n_layer=2, n_head=5, n_embd=80, bias=bias, activation=activation)
     ours = GPT(cfg).eval()
     with torch.no_grad():
         for name, p in ours.named_parameters():
@@ -82,6 +82,7 @@ def test_save_pretrained_round_trip(tmp_path, bias):
     ours.save_pretrained(str(tmp_path))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["GPT2LMHeadModel"]
+    assert config["activation_function"] == {"gelu_tanh": "gelu_new", "gelu": "gelu"}[activation]
     hf, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     idx = torch.randint(0, 123, (3, 37))
@@ -104,7 +105,7 @@ def test_refuses_unsupported_variants(tmp_path):
     hf = _hf_model(CONFIGS[2], seed=2)
     hf.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["activation_function"] = "relu"
+    cfg["activation_function"] = "relu"  # not a GELU
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(NanoGPTError, match="activation_function=relu is not supported"):
         GPT.from_pretrained(str(tmp_path))

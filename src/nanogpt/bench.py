@@ -211,9 +211,9 @@ def run_bench(
     """Measure training (and sampling) speed of ``model_config``; returns the result record."""
     from nanogpt import flops
     from nanogpt.config import OptimConfig
-    from nanogpt.device import device_label, dtype_name, maybe_compile, setup_runtime, unwrap
+    from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
-    from nanogpt.train import configure_optimizer, train_step
+    from nanogpt.train import configure_optimizer, prepare_model, train_step
 
     runtime = setup_runtime(opts.device, opts.dtype, opts.compile)
     device = runtime.device
@@ -229,7 +229,7 @@ def run_bench(
     model.train()
     optimizer = configure_optimizer(model, OptimConfig(), device)
     scaler = torch.amp.GradScaler(device.type) if runtime.dtype is torch.float16 else None
-    fwd = maybe_compile(model, runtime.compile, log=log)
+    fwd = prepare_model(model, runtime, T, log=log)
 
     g = torch.Generator().manual_seed(opts.seed)
     # (B, T+1) random tokens -> inputs and next-token targets, one fixed batch per micro-step

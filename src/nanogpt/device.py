@@ -106,6 +106,17 @@ def resolve_compile(choice: str, device: torch.device) -> tuple[bool, str]:
     return False, f"off by default on {device.type} (eager bf16 was as fast for small models, without minutes of compiling)"
 
 
+def attention_impl(device: torch.device, dtype: torch.dtype, seq_len: int) -> str:
+    """'matmul' where it measured faster than torch's fused SDPA kernel, else 'sdpa'.
+
+    On our AMX CPU in bf16, fwd+bwd of the CPU flash kernel took 34 ms vs 7.8 ms for the
+    explicit matmuls at T=64, 37 vs 27 ms at T=256, and won from T=512 on.
+    """
+    if device.type == "cpu" and dtype is torch.bfloat16 and seq_len <= 256:
+        return "matmul"
+    return "sdpa"
+
+
 def maybe_compile(model: torch.nn.Module, enabled: bool, log=print) -> torch.nn.Module:
     """Compile ``model``, falling back to eager with a printed reason if compiling fails."""
     if not enabled:

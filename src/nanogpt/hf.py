@@ -21,6 +21,8 @@ from nanogpt.model import GPT, GPTConfig
 
 # Weights stored transposed in HF's Conv1D layout.
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# HF activation_function -> our GPTConfig.activation
+_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 # Hub repositories of OpenAI's released checkpoints.
 HUB_NAMES = {
     "gpt2": "openai-community/gpt2",
@@ -43,8 +45,9 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise NanoGPTError(f"n_inner={hf['n_inner']} is not supported (nanogpt's MLP is 4 x n_embd = {4 * n_embd})")
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise NanoGPTError(f"activation_function={hf['activation_function']} is not supported (GPT-2 uses gelu_new)")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _ACTIVATIONS:
+        raise NanoGPTError(f"activation_function={act} is not supported (GPT-2 uses gelu_new; nanogpt also reads gelu)")
     if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
         raise NanoGPTError("this config changes the attention scaling (scale_attn_*), which nanogpt does not implement")
     if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
@@ -57,6 +60,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
         n_embd=n_embd,
         dropout=0.0,
         bias=True,
+        activation=_ACTIVATIONS[act],
     )
     args.update(overrides)
     try:
@@ -190,7 +194,7 @@ def hf_config_dict(config: GPTConfig, eot_id: int | None = 50256) -> dict[str, A
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,

@@ -477,7 +477,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
     )
     say(f"run: {run_dir} ({'resuming at iteration ' + str(start_iter) if resume else cfg.run.init_from}), {cfg.run.max_iters} iterations")
 
-    fwd = maybe_compile_logged(model, runtime, say)
+    fwd = prepare_model(model, runtime, cfg.model.block_size, say)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -608,12 +608,15 @@ def gather_loader_states(loader: Any, dist: Any) -> dict[str, Any]:
     return {str(r): s for r, s in enumerate(states)}
 
 
-def maybe_compile_logged(model: torch.nn.Module, runtime: Runtime, say: Callable[[str], None]) -> torch.nn.Module:
-    from nanogpt.device import maybe_compile
+def prepare_model(model: GPT, runtime: Runtime, seq_len: int, log: Callable[[str], None] = print) -> torch.nn.Module:
+    """Pick the attention kernel for this device and compile if asked; returns what to call.
 
-    if not runtime.compile:
-        return model
-    return maybe_compile(model, True, log=say)
+    Shared by training, ``nanogpt bench`` and the benchmarks, so they measure the same thing.
+    """
+    from nanogpt.device import attention_impl, maybe_compile
+
+    model.set_attention_impl(attention_impl(runtime.device, runtime.dtype, seq_len))
+    return maybe_compile(model, runtime.compile, log=log)
 
 
 def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], float | None] | None:
@@ -625,15 +628,14 @@ def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], f
 
 
 def _print_sample(model: GPT, tokenizer: Any, cfg: TrainConfig, runtime: Runtime, say: Callable[[str], None]) -> None:
-    from nanogpt.generate import generate
+    """End the run with a short sample, so the user sees what the model learned."""
+    from nanogpt.generate import sample_text
 
-    start = tokenizer.eot_id if tokenizer.eot_id is not None else tokenizer.encode("\n")[0]
-    g = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
-    model.eval()
-    idx = torch.tensor([[start]], dtype=torch.long, device=runtime.device)
+    start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    g = torch.Generator(device=runtime.device).manual_seed(cfg.run.seed)
     with torch.no_grad(), runtime.autocast():
-        out = generate(model, idx, cfg.run.sample_tokens, temperature=0.8, top_k=200, generator=g)
-    text = tokenizer.decode(out[0, 1:].tolist())
+        text = sample_text(model, tokenizer, start, max_new_tokens=cfg.run.sample_tokens, temperature=0.8,
+                           top_k=200, generator=g)[0]
     say("sample:\n" + text.strip("\n"))
 
 
