@@ -1,0 +1,95 @@
+"""Validation loss of the `shakespeare-char-cpu` preset within fixed training-time budgets.
+
+Trains the preset on tiny Shakespeare (character level, nanoGPT's 90/10 tail split) with
+``--run.max_seconds`` budgets (default 20 s and 300 s: the learning-rate schedule follows
+the budget), then reads the final validation loss and the training time from each run's
+metrics.jsonl (training time excludes evaluation). Also trains nanoGPT's published CPU recipe
+(4 layers x 128, block 64, batch 12, fp32, 2000 iterations) through the same code, as the
+plain baseline measured in the same run. Writes JSON + Markdown to benchmarks/results/.
+
+    python benchmarks/shakespeare_cpu.py --input ../shared/data/tinyshakespeare/input.txt
+    python benchmarks/shakespeare_cpu.py --budgets 20 --skip-baseline   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# nanoGPT README's CPU recipe for shakespeare_char (fp32, no compile)
+NANOGPT_CPU = [
+    "--model.n_layer=4", "--model.n_head=4", "--model.n_embd=128", "--model.block_size=64", "--model.dropout=0.0",
+    "--data.batch_size=12", "--optim.lr=1e-3", "--optim.min_lr=1e-4", "--optim.warmup_iters=100", "--optim.beta2=0.99",
+    "--run.max_iters=2000", "--optim.lr_decay_iters=2000", "--run.dtype=float32", "--run.eval_interval=2000",
+    "--run.eval_iters=50",
+]
+
+
+def run(name: str, data: Path, out: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "nanogpt", "train", "--preset", "shakespeare-char-cpu", f"--data.dataset={data}",
+           f"--run.out_dir={out / name}", "--run.sample_tokens=0", "--run.progress=false", *extra]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    last = evals[-1]
+    return {
+        "name": name, "iters": last["iter"], "train_time_s": last["train_time"], "val_loss": last["val_loss"],
+        "train_loss": last["train_loss"], "tokens": last["tokens"],
+        "tokens_per_s": last["tokens"] / last["train_time"] if last["train_time"] else None,
+        "curve": [(r["train_time"], r["val_loss"]) for r in evals],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", default="../shared/data/tinyshakespeare/input.txt", help="tiny Shakespeare input.txt")
+    ap.add_argument("--budgets", default="20,300", help="comma-separated training-time budgets in seconds")
+    ap.add_argument("--skip-baseline", action="store_true", help="do not train nanoGPT's CPU recipe")
+    ap.add_argument("--out", default=str(RESULTS / "shakespeare_cpu"), help="output path stem (.json and .md)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nanogpt-bench-"))
+    data = work / "tinyshakespeare-char"
+    subprocess.run([sys.executable, "-m", "nanogpt", "prepare", "tinyshakespeare", "--input", args.input,
+                    "--tokenizer", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    results = []
+    if not args.skip_baseline:
+        results.append({**run("nanogpt-cpu-recipe", data, work, NANOGPT_CPU), "budget_s": None})
+    for b in [float(x) for x in args.budgets.split(",")]:
+        interval = ["--run.eval_interval=1000000"] if b <= 60 else ["--run.eval_interval=500"]
+        results.append({**run(f"preset-{b:g}s", data, work, [f"--run.max_seconds={b:g}", *interval]), "budget_s": b})
+    import torch
+
+    meta = {
+        "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "command": "python benchmarks/shakespeare_cpu.py " + " ".join(sys.argv[1:]),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    lines = [
+        f"Recorded {meta['date']}, torch {meta['torch']}, {meta['cpu_threads']} threads. Command: `{meta['command']}`",
+        "",
+        "| run | budget | iterations | training time (s) | tokens/s | train loss | val loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        budget = f"{r['budget_s']:g} s" if r["budget_s"] else "2000 iters"
+        lines.append(f"| {r['name']} | {budget} | {r['iters']} | {r['train_time_s']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['train_loss']:.4f} | {r['val_loss']:.4f} |")
+    table = "\n".join(lines)
+    Path(args.out + ".md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
