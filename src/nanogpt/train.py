@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -26,12 +25,9 @@ from nanogpt.config import (
     RunConfig,
     TrainConfig,
     add_dataclass_args,
-    get_preset,
-    load_config_file,
     preset_names,
-    to_dict,
 )
-from nanogpt.device import Runtime, setup_runtime, teardown_distributed, unwrap, dtype_name
+from nanogpt.device import Runtime, setup_runtime, teardown_distributed
 from nanogpt.errors import NanoGPTError
 from nanogpt.model import GPT, GPTConfig
 
@@ -475,7 +471,10 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
         f"{tokens_per_step:,} tokens per step = {cfg.data.batch_size} x {cfg.model.block_size} x {cfg.optim.grad_accum_steps} accumulation"
         + (f" over {dist.world_size} processes" if dist.enabled else "")
     )
-    say(f"run: {run_dir} ({'resuming at iteration ' + str(start_iter) if resume else cfg.run.init_from}), {cfg.run.max_iters} iterations")
+    length = f"{cfg.run.max_iters:,} iterations"
+    if cfg.run.max_seconds:
+        length = f"{cfg.run.max_seconds:g} s of training (or {length}, whichever comes first; the lr schedule follows)"
+    say(f"run: {run_dir} ({'resuming at iteration ' + str(start_iter) if resume else cfg.run.init_from}), {length}")
 
     fwd = prepare_model(model, runtime, cfg.model.block_size, say)
     if dist.enabled:
