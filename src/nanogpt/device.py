@@ -26,6 +26,12 @@ from nanogpt.errors import NanoGPTError
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def add_runtime_args(parser: Any, dtype_help: str) -> None:
+    """The --device and --dtype flags shared by the inference commands (sample, eval)."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES], help=dtype_help)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda, then mps, then cpu. Explicit names are checked."""
     if name == "auto":

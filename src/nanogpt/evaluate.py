@@ -249,13 +249,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens (default: all)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="autocast dtype (auto: bfloat16 where the hardware has fast bf16, else float32)",
-    )
+    from nanogpt.device import add_runtime_args
+
+    add_runtime_args(parser, "autocast dtype (auto: bfloat16 where the hardware has fast bf16, else float32)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 

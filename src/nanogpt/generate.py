@@ -497,13 +497,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="re-run the whole context every step (the slow reference path)")
     g = parser.add_argument_group("output and runtime")
     g.add_argument("--stream", action="store_true", help="print the text as it is generated (one sample)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights' dtype while sampling (auto: bfloat16 where the hardware has fast bf16, else float32)",
-    )
+    from nanogpt.device import add_runtime_args
+
+    add_runtime_args(g, "weights' dtype while sampling (auto: bfloat16 where the hardware has fast bf16, else float32)")
 
 
 def _top_k_arg(text: str) -> int | None:
