@@ -81,3 +81,15 @@ def test_bad_config_file(tmp_path):
         resolve_train_config(config_file=str(f))
     with pytest.raises(NanoGPTError, match="config file not found"):
         resolve_train_config(config_file=str(tmp_path / "missing.toml"))
+
+
+def test_shipped_config_files_resolve():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert files
+    for f in files:
+        cfg = resolve_train_config(config_file=str(f))
+        assert isinstance(cfg, TrainConfig)
+    cfg = resolve_train_config(config_file=str(files[0]))
+    assert cfg.model.n_layer == 2 and cfg.model.activation == "gelu" and cfg.run.max_seconds == 60
