@@ -457,6 +457,11 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
         torch.manual_seed(cfg.run.seed + dist.rank)  # dropout differs per rank
 
     if is_main:
+        from nanogpt.checkpoint import is_run_dir
+
+        if not resume and is_run_dir(run_dir):
+            say(f"note: {run_dir} holds an earlier run, which this one replaces as it saves; "
+                f"to continue that run instead use --init-from resume, or pick another --out-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
