@@ -240,7 +240,7 @@ def cli_main(args: argparse.Namespace) -> int:
     if tok is not None and getattr(tok, "name", "") == "gpt2":
         note = "the tokenizer is GPT-2's: load it with AutoTokenizer.from_pretrained('gpt2')"
     elif tok is not None:
-        note = f"the tokenizer is '{tok.name}' (nanogpt's tokenizer.json is written beside the weights)"
+        note = f"the tokenizer is '{tok.name}' (written beside the weights as nanogpt_tokenizer.json)"
         (out / "nanogpt_tokenizer.json").write_text(json.dumps(tok.to_dict()) + "\n", encoding="utf-8")
     else:
         note = "no tokenizer information in the checkpoint"
