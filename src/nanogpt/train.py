@@ -562,7 +562,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
                     now = time.perf_counter()
                     ms = (now - t_log) / steps_since_log * 1000
                     tok_s = tokens_per_step / (ms / 1000)
-                    mfu = mfu_fn(tok_s) if mfu_fn else None
+                    # per-device MFU: the step's tokens are spread over world_size devices
+                    mfu = mfu_fn(tok_s / dist.world_size) if mfu_fn else None
                     logger.record({"kind": "train", "iter": it, "loss": loss, "lr": lr, "ms_per_iter": ms,
                                    "tokens_per_s": tok_s, "mfu": mfu, "tokens": tokens_seen, "train_time": round(train_time, 3)})
                     say(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s, "
