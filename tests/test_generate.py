@@ -64,6 +64,17 @@ def test_greedy_cache_equals_no_cache_across_block_boundary(context_keep):
     assert len(set(tok_c[0].tolist())) > 5
 
 
+def test_cache_with_matmul_attention_equals_sdpa_reference():
+    """The explicit-matmul attention (used for CPU bf16 training) serves the cache too."""
+    model = tiny_model(block_size=32)
+    idx = torch.randint(0, 61, (2, 5))
+    tok_ref, log_ref = greedy_steps(model, idx, 80, use_cache=False)
+    model.set_attention_impl("matmul")
+    tok_c, log_c = greedy_steps(model, idx, 80, use_cache=True)
+    assert torch.equal(tok_c, tok_ref)
+    torch.testing.assert_close(log_c, log_ref, atol=1e-4, rtol=0)
+
+
 def test_generate_cache_equals_no_cache_long_prompt():
     # a prompt longer than the context: both paths keep its last block_size tokens
     model = tiny_model(block_size=16)
