@@ -216,12 +216,7 @@ def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ..
         ]
     handles.append(tr.ln_f.register_forward_hook(on_output("ln_f")))
     handles.append(model.lm_head.register_forward_hook(on_output("logits")))
-    try:
-        with torch.no_grad():
-            model(idx)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, idx, handles)
     return shapes
 
 
@@ -589,13 +584,22 @@ def attention_maps(model: "GPT", token_ids: Sequence[int], layers: Iterable[int]
     was_training = model.training
     model.eval()
     try:
+        _forward_with_hooks(model, idx, handles)
+    finally:
+        model.train(was_training)
+    return {i: maps[i] for i in wanted}
+
+
+def _forward_with_hooks(model: Any, idx: "torch.Tensor", handles: list) -> None:
+    """One no-grad forward pass of ``model`` on ``idx``; the hooks are removed afterwards."""
+    import torch
+
+    try:
         with torch.no_grad():
             model(idx)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
-    return {i: maps[i] for i in wanted}
 
 
 def token_labels(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:

@@ -268,7 +268,7 @@ class Logger:
         self.file.flush()
         step = row.get("iter", 0)
         for k, v in row.items():
-            if k != "iter" and isinstance(v, (int, float)) and v is not None:
+            if k != "iter" and isinstance(v, (int, float)):
                 if self.tb is not None:
                     self.tb.add_scalar(f"{row.get('kind', 'train')}/{k}", v, step)
         if self.wandb is not None:
@@ -324,8 +324,8 @@ class TrainResult:
     train_time: float = 0.0
 
 
-def _build_model(cfg: TrainConfig, data_vocab: int, explicit: set[str], log: Callable[[str], None]) -> tuple[GPT, Any]:
-    """The model for ``run.init_from`` other than resume; returns (model, checkpoint or None)."""
+def _build_model(cfg: TrainConfig, data_vocab: int, explicit: set[str], log: Callable[[str], None]) -> GPT:
+    """The model for ``run.init_from`` other than resume (scratch, GPT-2, HF folder, another run)."""
     init = cfg.run.init_from
     if init == "scratch":
         if "model.vocab_size" not in explicit or cfg.model.vocab_size < data_vocab:
@@ -334,7 +334,7 @@ def _build_model(cfg: TrainConfig, data_vocab: int, explicit: set[str], log: Cal
                     f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the dataset's vocabulary ({data_vocab})"
                 )
             cfg.model.vocab_size = data_vocab
-        return GPT(cfg.model), None
+        return GPT(cfg.model)
     from nanogpt import hf
     from nanogpt.checkpoint import is_run_dir, load_checkpoint, load_weights
 
@@ -365,7 +365,7 @@ def _build_model(cfg: TrainConfig, data_vocab: int, explicit: set[str], log: Cal
             "prepare the data with the model's tokenizer (--tokenizer gpt2)"
         )
     cfg.model = model.config
-    return model, None
+    return model
 
 
 def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -428,7 +428,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
         model = GPT(cfg.model)
         load_weights(model, ck.model_state)
     else:
-        model, _ = _build_model(cfg, data.tokenizer.vocab_size, explicit, say)
+        model = _build_model(cfg, data.tokenizer.vocab_size, explicit, say)
     if data.tokenizer.vocab_size > cfg.model.vocab_size:
         raise NanoGPTError(f"dataset vocabulary {data.tokenizer.vocab_size} exceeds the model's {cfg.model.vocab_size}")
     train_tokens, val_tokens = data.split("train"), data.split("val")
