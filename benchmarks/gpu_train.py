@@ -68,6 +68,8 @@ def measure(step: Callable[[], Any], warmup: int, steps: int, device: torch.devi
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=16, help="sequences of 1024 tokens per step (default: 16)")
+    p.add_argument("--more-batch-sizes", default="", metavar="B,B",
+                   help="also time the compiled step at these batch sizes (each compiled afresh), e.g. 32,64")
     p.add_argument("--steps", type=int, default=30, help="timed steps per window (default: 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first; compiling happens here (default: 5)")
     p.add_argument("--no-eager", action="store_true", help="skip the eager (uncompiled) window")
@@ -104,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     flash, flash_note = check_flash(model, runtime, cfg.vocab_size, cfg.block_size)
     print(flash_note, file=sys.stderr)
 
-    g = torch.Generator().manual_seed(0)
-    seq = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size + 1), generator=g)
-    batch = (seq[:, :-1].contiguous().to(device), seq[:, 1:].contiguous().to(device))  # (B, T) each
+    def make_batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        seq = torch.randint(0, cfg.vocab_size, (b, cfg.block_size + 1), generator=g)
+        return seq[:, :-1].contiguous().to(device), seq[:, 1:].contiguous().to(device)  # (B, T) each
+
+    batch = make_batch(batch_size)
     tokens = batch_size * cfg.block_size
     fpt = flops.flops_per_token(cfg, cfg.block_size)
     if device.type == "cuda":
@@ -117,12 +122,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eager: {min(2, warmup)} warm-up + {steps} timed steps ...", file=sys.stderr)
         step = lambda: train_step(model, optimizer, [batch], runtime, grad_clip=1.0)  # noqa: E731
         windows["eager"] = measure(step, min(2, warmup), steps, device, tokens, fpt, cfg, runtime.dtype)
+        windows["eager"]["batch_size"] = batch_size
     compiled = maybe_compile(model, runtime.compile, log=lambda s: print(s, file=sys.stderr))
     name = "compiled" if compiled is not model else "eager"
     if name not in windows:
         print(f"{name}: {warmup} warm-up (compiling) + {steps} timed steps ...", file=sys.stderr)
         step = lambda: train_step(compiled, optimizer, [batch], runtime, grad_clip=1.0)  # noqa: E731
         windows[name] = measure(step, warmup, steps, device, tokens, fpt, cfg, runtime.dtype)
+        windows[name]["batch_size"] = batch_size
+    if device.type == "cuda":
+        windows[name]["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    for b in [int(x) for x in a.more_batch_sizes.split(",") if x.strip()]:
+        # A fresh compile per batch size: a recompile of the same graph would turn on dynamic
+        # shapes, which is not what a training run at that batch size gets.
+        torch._dynamo.reset()
+        big = make_batch(b)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        recompiled = maybe_compile(model, runtime.compile, log=lambda s: print(s, file=sys.stderr))
+        label = f"{name}, batch {b}"
+        print(f"{label}: {warmup} warm-up + {steps} timed steps ...", file=sys.stderr)
+        try:
+            step = lambda: train_step(recompiled, optimizer, [big], runtime, grad_clip=1.0)  # noqa: E731
+            windows[label] = measure(step, warmup, steps, device, b * cfg.block_size, fpt, cfg, runtime.dtype)
+        except torch.OutOfMemoryError:
+            print(f"{label}: out of memory, skipped", file=sys.stderr)
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        windows[label]["batch_size"] = b
+        if device.type == "cuda":
+            windows[label]["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
 
     peak = flops.peak_flops(device, runtime.dtype)
     report = {
@@ -141,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         "fused_adamw": bool(optimizer.defaults.get("fused")),
         "flops_per_token": fpt,
         "peak_tflops": peak / 1e12 if peak else None,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "windows": windows,
     }
     if "eager" in windows and "compiled" in windows:
@@ -151,18 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{title} training on {report['device']} — {report['date']}, torch {report['torch']}, CUDA {report['cuda']}",
         "",
-        f"Batch {batch_size} x {cfg.block_size} tokens, {report['dtype']} autocast, "
+        f"Batch {batch_size} x {cfg.block_size} tokens (unless the mode says otherwise), {report['dtype']} autocast, "
         f"{'fused' if report['fused_adamw'] else 'foreach'} AdamW, "
         f"{'flash attention' if flash else 'SDPA without flash'}; peak "
         + (f"{report['peak_tflops']:.1f} TFLOP/s (dense {report['dtype']})" if peak else "unknown") + ".",
         f"Command: `{report['command']}`",
         "",
-        "| mode | ms/step | tokens/s | TFLOP/s | MFU |",
-        "|---|---:|---:|---:|---:|",
+        "| mode | ms/step | tokens/s | TFLOP/s | MFU | peak memory |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for mode, w in windows.items():
         mfu_cell = "unknown peak" if w["mfu"] is None else f"{100 * w['mfu']:.1f}%"
-        lines.append(f"| {mode} | {w['ms_per_step']:.1f} | {w['tokens_per_second']:,.0f} | {w['achieved_tflops']:.1f} | {mfu_cell} |")
+        mem = w.get("peak_memory_bytes")
+        mem_cell = f"{mem / 2**30:.1f} GiB" if mem else "-"
+        lines.append(f"| {mode} | {w['ms_per_step']:.1f} | {w['tokens_per_second']:,.0f} | "
+                     f"{w['achieved_tflops']:.1f} | {mfu_cell} | {mem_cell} |")
     md = "\n".join(lines) + "\n"
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

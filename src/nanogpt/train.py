@@ -529,7 +529,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
     logger.start_bar(start_iter, cfg.run.max_iters, cfg.run.progress)
     try:
         with StopRequested() as stop:
-            t_log = time.perf_counter()
+            # ms/iter is measured on training time alone, so an evaluation or a checkpoint
+            # written between two log lines does not show up as a slow iteration.
+            time_at_log = train_time
             steps_since_log = 0
             while it < cfg.run.max_iters:
                 if it % cfg.run.eval_interval == 0 and (it > start_iter or it == 0) and it > 0:
@@ -559,8 +561,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
                     logger.bar.update(1)
                     logger.bar.set_postfix(loss=f"{loss:.4f}")
                 if it % cfg.run.log_interval == 0 or it == 1:
-                    now = time.perf_counter()
-                    ms = (now - t_log) / steps_since_log * 1000
+                    ms = (train_time - time_at_log) / steps_since_log * 1000
                     tok_s = tokens_per_step / (ms / 1000)
                     # per-device MFU: the step's tokens are spread over world_size devices
                     mfu = mfu_fn(tok_s / dist.world_size) if mfu_fn else None
@@ -568,7 +569,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
                                    "tokens_per_s": tok_s, "mfu": mfu, "tokens": tokens_seen, "train_time": round(train_time, 3)})
                     say(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s, "
                         f"{'MFU ' + format(mfu * 100, '.1f') + '%' if mfu is not None else 'MFU: unknown peak'}")
-                    t_log, steps_since_log = time.perf_counter(), 0
+                    time_at_log, steps_since_log = train_time, 0
                 flags = [stop.signal is not None, bool(cfg.run.max_seconds and train_time >= cfg.run.max_seconds)]
                 if dist.enabled:  # decide together, or the ranks' collectives would not match
                     flags = _all_reduce_any(flags, runtime)
