@@ -83,10 +83,12 @@ def test_loss_falls_on_builtin_corpus(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["n_layer"] == 2
 
 
-def test_exact_resume_bit_for_bit(tmp_path, char_data):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_bit_for_bit(tmp_path, char_data, optimizer):
     """2k steps straight == k steps, stop, resume for k more (fp32 CPU, dropout on)."""
     k = 12
-    common = {"run.max_iters": 2 * k, "optim.lr_decay_iters": 2 * k, "model.dropout": 0.1, "run.eval_interval": 5}
+    common = {"run.max_iters": 2 * k, "optim.lr_decay_iters": 2 * k, "model.dropout": 0.1, "run.eval_interval": 5,
+              "optim.name": optimizer}
     straight, e1 = cfg_for(char_data, tmp_path / "a", **common)
     full = train(straight, e1).losses
     first, e2 = cfg_for(char_data, tmp_path / "b", **{**common, "run.max_iters": k})

@@ -148,9 +148,14 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule."""
+    """The optimizer (AdamW, or Muon for the hidden matrices) and the learning-rate schedule."""
 
-    lr: float = _help("peak learning rate", default=6e-4)
+    name: Literal["adamw", "muon"] = _help(
+        "adamw: AdamW for every parameter; muon: Muon for the 2-D weights inside the blocks, AdamW for "
+        "embeddings, biases and LayerNorm gains",
+        default="adamw",
+    )
+    lr: float = _help("peak learning rate (of AdamW)", default=6e-4)
     min_lr: float = _help("learning rate at the end of the decay", default=6e-5)
     schedule: Schedule = _help(
         "cosine: warmup then cosine to min_lr; linear: warmup then linear to min_lr; "
@@ -164,6 +169,9 @@ class OptimConfig:
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.95)
     eps: float = _help("AdamW epsilon", default=1e-8)
+    muon_lr: float = _help("muon only: peak learning rate of the Muon matrices (same schedule as lr)", default=0.02)
+    muon_momentum: float = _help("muon only: momentum of the Muon matrices (Nesterov)", default=0.95)
+    muon_weight_decay: float = _help("muon only: decoupled weight decay of the Muon matrices", default=0.0)
     grad_clip: float = _help("clip the global gradient norm to this (0 = off)", default=1.0)
     grad_accum_steps: int = _help(
         "micro-steps per optimizer step, in total over all processes (must divide by the world size)", default=1
@@ -180,6 +188,8 @@ class OptimConfig:
             raise NanoGPTError("optim.grad_accum_steps must be positive")
         if not 0 < self.decay_frac <= 1:
             raise NanoGPTError("optim.decay_frac must be in (0, 1]")
+        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1 or self.muon_weight_decay < 0:
+            raise NanoGPTError("optim.muon_lr must be > 0, optim.muon_momentum in [0, 1) and optim.muon_weight_decay >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise NanoGPTError("optim.beta1 and optim.beta2 must be in [0, 1)")
 

@@ -36,12 +36,18 @@ from nanogpt.model import GPT, GPTConfig
 # Optimizer, schedule, step (shared with `nanogpt bench` and the benchmarks)
 
 
-def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices (dim >= 2) only; the fused kernel where torch has one.
 
     Biases and LayerNorm gains are not decayed: shrinking them toward zero has no
-    regularising meaning. The tied wte/lm_head matrix appears once.
+    regularising meaning. The tied wte/lm_head matrix appears once. With ``optim.name ==
+    "muon"``, the blocks' weight matrices get Muon instead (``nanogpt.optim``).
     """
+    if optim.name == "muon":
+        from nanogpt.optim import Muon, muon_param_groups
+
+        groups = muon_param_groups(model, optim.lr, optim.muon_lr, optim.weight_decay, optim.muon_weight_decay)
+        return Muon(groups, momentum=optim.muon_momentum, betas=(optim.beta1, optim.beta2), eps=optim.eps)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -539,7 +545,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Calla
                 time_frac = train_time / cfg.run.max_seconds if cfg.run.max_seconds else None
                 lr = lr_at(it, cfg.optim, cfg.run.max_iters, time_frac)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at their own scale
                 t0 = time.perf_counter()
                 batches = [loader.next_batch() for _ in range(per_rank_accum)]
                 loss_t = train_step(fwd, optimizer, batches, runtime, cfg.optim.grad_clip, scaler)

@@ -1,0 +1,171 @@
+"""Muon for the Transformer's hidden matrices, AdamW for everything else, in one optimizer.
+
+Muon ("MomentUm Orthogonalized by Newton-schulz", K. Jordan et al., 2024) keeps SGD momentum
+for each weight matrix and replaces the update by the nearest semi-orthogonal matrix: every
+direction the momentum points in moves by the same amount, so rare directions are not drowned
+by the dominant ones. A few Newton-Schulz iterations approximate that orthogonalisation with
+matrix products only (no SVD), which is cheap next to a training step. Muon is defined for
+hidden 2-D weights; the embeddings, the tied output head, biases and LayerNorm gains keep AdamW.
+
+One ``torch.optim.Optimizer`` holds both kinds of parameter groups (``"muon": True`` marks
+the Muon ones) so that checkpoints, exact resume, gradient scaling and the learning-rate
+schedule treat it like AdamW. Each group may carry ``lr_scale``: the training loop sets
+``group["lr"] = schedule_lr * lr_scale``, so Muon's larger learning rate follows the same
+warmup and decay as AdamW's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+# Coefficients of the quintic iteration x <- a x + b (x x^T) x + c (x x^T)^2 x. They are
+# chosen (Jordan et al.) to push every singular value in (0, 1] quickly into roughly
+# [0.7, 1.2] rather than to converge to exactly 1: for an update direction that is close enough.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U V^T for g = U S V^T (g: (m, n) or a stack (k, m, n)), by Newton-Schulz in bf16.
+
+    bf16 is enough: the result only has to be near-orthogonal, not exact, and it halves the
+    cost of the products. Works on a stack of same-shaped matrices at once (one batched product
+    per term instead of one small product per matrix: small products are dispatch-bound on
+    CPUs). Returns a tensor of g's shape in bf16.
+    """
+    a, b, c = NS_COEFFS
+    x = g.to(torch.bfloat16)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)  # (1, m, n)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the smaller Gram matrix x x^T
+        x = x.mT
+    # Scale so the largest singular value is at most 1 (the Frobenius norm bounds it).
+    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)).contiguous()
+    for _ in range(steps):
+        gram = torch.bmm(x, x.mT)  # (k, m, m), m <= n
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*gram + c*gram^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a*x + poly @ x
+    if tall:
+        x = x.mT
+    return x[0] if single else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon on groups marked ``muon=True``; AdamW (decoupled weight decay) on the others.
+
+    Muon groups: ``lr``, ``momentum`` (0.95), ``nesterov`` (True), ``weight_decay``
+    (decoupled: ``p *= 1 - lr * wd``), ``ns_steps`` (5). The orthogonalised update is scaled
+    by ``sqrt(max(1, rows / cols))`` so that tall and wide matrices change their outputs by
+    comparable amounts. AdamW groups: ``lr``, ``betas``, ``eps``, ``weight_decay``, with the
+    same arithmetic as ``torch.optim.AdamW``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, betas=betas, eps=eps,
+                        weight_decay=weight_decay, muon=False, lr_scale=1.0)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["muon"] and any(p.dim() != 2 for p in group["params"]):
+                raise ValueError("Muon groups take 2-D weight matrices only; put other parameters in an AdamW group")
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["muon"]:
+                self._muon_group(group)
+            else:
+                self._adamw_group(group)
+        return loss
+
+    def _muon_group(self, group: dict[str, Any]) -> None:
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            buf.mul_(mom).add_(g)  # (rows, cols)
+            direction = g.add(buf, alpha=mom) if group["nesterov"] else buf
+            by_shape.setdefault(tuple(p.shape), []).append((p, direction))
+        for (rows, cols), items in by_shape.items():
+            # the same matrix of every layer orthogonalised together, as one stack
+            updates = orthogonalize(torch.stack([d for _, d in items]), group["ns_steps"])  # (k, rows, cols)
+            scale = max(1.0, rows / cols) ** 0.5
+            for (p, _), update in zip(items, updates):
+                if wd:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+
+    def _adamw_group(self, group: dict[str, Any]) -> None:
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            step = state["step"].item()
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            m.lerp_(g, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            bias1 = 1.0 - beta1**step
+            bias2_sqrt = (1.0 - beta2**step) ** 0.5
+            denom = (v.sqrt() / bias2_sqrt).add_(eps)
+            p.addcdiv_(m, denom, value=-lr / bias1)
+
+
+def muon_param_groups(
+    model: torch.nn.Module, lr: float, muon_lr: float, weight_decay: float, muon_weight_decay: float
+) -> list[dict[str, Any]]:
+    """Muon for the 2-D weights inside the Transformer blocks; AdamW for the rest.
+
+    The token embedding (tied to the output head) and the position embedding are lookups, not
+    hidden linear maps, so they stay on AdamW with weight decay; biases and LayerNorm gains on
+    AdamW without it, as in ``configure_optimizer``.
+    """
+    hidden, embed, other = [], [], []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))  # the tied wte/lm_head matrix appears once
+        if p.dim() == 2 and ".h." in f".{name}":
+            hidden.append(p)
+        elif p.dim() >= 2:
+            embed.append(p)
+        else:
+            other.append(p)
+    groups: list[dict[str, Any]] = [
+        {"params": hidden, "muon": True, "lr": muon_lr, "lr_scale": muon_lr / lr, "weight_decay": muon_weight_decay},
+        {"params": embed, "muon": False, "lr": lr, "weight_decay": weight_decay},
+        {"params": other, "muon": False, "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
