@@ -47,7 +47,8 @@ def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torc
         from nanogpt.optim import Muon, muon_param_groups
 
         groups = muon_param_groups(model, optim.lr, optim.muon_lr, optim.weight_decay, optim.muon_weight_decay)
-        return Muon(groups, momentum=optim.muon_momentum, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        return Muon(groups, momentum=optim.muon_momentum, ns_steps=optim.muon_ns_steps, betas=(optim.beta1, optim.beta2),
+                    eps=optim.eps)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
