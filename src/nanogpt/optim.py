@@ -152,12 +152,10 @@ def muon_param_groups(
     AdamW without it, as in ``configure_optimizer``.
     """
     hidden, embed, other = [], [], []
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
+    for name, p in model.named_parameters():  # the tied wte/lm_head matrix is listed once
+        if not p.requires_grad:
             continue
-        seen.add(id(p))  # the tied wte/lm_head matrix appears once
-        if p.dim() == 2 and ".h." in f".{name}":
+        if p.dim() == 2 and name.startswith("transformer.h."):
             hidden.append(p)
         elif p.dim() >= 2:
             embed.append(p)
