@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         step = lambda: train_step(model, optimizer, [batch], runtime, grad_clip=1.0)  # noqa: E731
         windows["eager"] = measure(step, min(2, warmup), steps, device, tokens, fpt, cfg, runtime.dtype)
         windows["eager"]["batch_size"] = batch_size
+        if device.type == "cuda":
+            windows["eager"]["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)  # each window reports its own peak
     compiled = maybe_compile(model, runtime.compile, log=lambda s: print(s, file=sys.stderr))
     name = "compiled" if compiled is not model else "eager"
     if name not in windows:
