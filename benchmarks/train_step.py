@@ -13,7 +13,10 @@ the same fixed batch of random tokens.
 The two contenders alternate in rounds (ours, plain, ours, plain, ...) so that load from other
 processes hits both alike; each reports the median over its measured steps. The CPU's peak
 matmul FLOP/s per dtype is measured in the same run (``nanogpt.flops.measure_cpu_peak``) and
-MFU is against the peak of the dtype the matmuls ran in.
+MFU is against the peak of the dtype the matmuls ran in. Because a shared VM's speed drifts
+(the same probe read 0.8 and 2.1 TFLOP/s minutes apart on the development machine), the probe
+runs again after every round, and each round's MFU is taken against the peak measured in that
+same round; the table gives the median over rounds.
 """
 
 from __future__ import annotations
@@ -100,8 +103,22 @@ def our_contender(config: GPTConfig, batch: tuple[torch.Tensor, torch.Tensor], r
     return lambda: train_step(fwd, optimizer, [batch], runtime, grad_clip=1.0)
 
 
-def run_case(case: Case, rounds: int, warmup: int, runtime: Any, peaks: dict[str, float], log: Callable[[str], None]) -> dict[str, Any]:
-    """Time both contenders on one model in alternating rounds; their medians, MFU and ratio."""
+def measure_peaks(seconds: float) -> dict[str, float]:
+    """This moment's peak matmul FLOP/s per dtype key ("bf16", "fp32")."""
+    return {k: flops.measure_cpu_peak(dt, seconds_per_shape=seconds) for k, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2]
+
+
+def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Time both contenders on one model in alternating rounds; their medians, MFU and ratio.
+
+    After each round the peak probe runs again, and MFU is computed round by round against the
+    peak of that round, so a machine that slows down or speeds up mid-run moves both alike.
+    """
     cfg = case.config
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(0, cfg.vocab_size, (case.batch_size, cfg.block_size + 1), generator=g)
@@ -111,7 +128,9 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, peaks: dict[str
         "plain fp32": (plain_fp32_contender(cfg, batch), torch.float32),
     }
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    round_times: dict[str, list[float]] = {k: [] for k in contenders}  # median step time of each round
     losses: dict[str, list[float]] = {k: [] for k in contenders}
+    round_peaks: list[dict[str, float]] = []
     for name, (step, _) in contenders.items():
         log(f"  warm-up {name} ({warmup} steps)")
         for _ in range(warmup):
@@ -120,8 +139,11 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, peaks: dict[str
         for name, (step, _) in contenders.items():
             timing = time_calls(step, 0, case.steps_per_round, torch.device("cpu"))
             times[name] += timing.per_call
+            round_times[name].append(_median(timing.per_call))
             losses[name] += [float(v) for v in timing.results]
-        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {1000 * sorted(v)[len(v) // 2]:.0f} ms" for k, v in times.items()))
+        round_peaks.append(measure_peaks(probe_seconds))
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms" for k, v in round_times.items())
+            + f"; peak now bf16 {round_peaks[-1]['bf16'] / 1e12:.2f}, fp32 {round_peaks[-1]['fp32'] / 1e12:.2f} TFLOP/s")
     tokens = case.batch_size * cfg.block_size
     fpt = flops.flops_per_token(cfg, cfg.block_size)
     rows = {}
@@ -129,15 +151,19 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, peaks: dict[str
         t = sorted(times[name])
         median = t[len(t) // 2]
         tok_s = tokens / median
-        peak = peaks[flops.dtype_key(dtype)]
+        key = flops.dtype_key(dtype)
+        # achieved FLOP/s of each round over the peak probed right after it
+        mfu_own = _median([tokens * fpt / rt / pk[key] for rt, pk in zip(round_times[name], round_peaks)])
+        mfu_bf16 = _median([tokens * fpt / rt / pk["bf16"] for rt, pk in zip(round_times[name], round_peaks)])
         rows[name] = {
             "dtype": str(dtype).replace("torch.", ""),
             "ms_per_step_median": 1000 * median,
             "ms_per_step_min": 1000 * t[0],
             "tokens_per_second": tok_s,
             "achieved_tflops": tok_s * fpt / 1e12,
-            "mfu_vs_own_dtype_peak": tok_s * fpt / peak,
-            "mfu_vs_bf16_peak": tok_s * fpt / peaks["bf16"],
+            "round_ms_per_step": [1000 * v for v in round_times[name]],
+            "mfu_vs_own_dtype_peak": mfu_own,
+            "mfu_vs_bf16_peak": mfu_bf16,
             "loss_first": losses[name][0],
             "loss_last": losses[name][-1],
             "steps_timed": len(t),
@@ -150,7 +176,13 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, peaks: dict[str
         "flops_per_token": fpt,
         "results": rows,
         "speedup_ours_vs_plain": rows["plain fp32"]["ms_per_step_median"] / rows["ours"]["ms_per_step_median"],
+        "round_peak_tflops": [{k: v / 1e12 for k, v in pk.items()} for pk in round_peaks],
     }
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -159,10 +191,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"Training step, ours vs plain fp32 eager loop — {report['date']}",
         "",
         f"Machine: {report['machine']}; torch {report['torch']}. "
-        f"Measured peak: bf16 {report['peak_tflops']['bf16']:.2f} TFLOP/s, fp32 {report['peak_tflops']['fp32']:.2f} TFLOP/s.",
+        "Peak matmul FLOP/s probed after every round (MFU is per round against that round's probe, median shown): "
+        + "; ".join(f"{k} {_span([pk[k] for c in report['cases'] for pk in c['round_peak_tflops']])} TFLOP/s" for k in ("bf16", "fp32")) + ".",
         f"Command: `{report['command']}`",
         "",
-        "| model | batch x block | contender | dtype | ms/step (median) | tokens/s | TFLOP/s | MFU (own dtype peak) | MFU (bf16 peak) | speedup |",
+        "| model | batch x block | contender | dtype | ms/step (median) | tokens/s | TFLOP/s | MFU (own dtype peak, same round) | MFU (bf16 peak, same round) | speedup |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report["cases"]:
@@ -195,16 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     runtime = setup_runtime("cpu")  # our defaults on this CPU
     log(runtime.describe())
-    log("measuring the CPU's peak matmul FLOP/s (bf16, fp32) ...")
-    peaks = {k: flops.measure_cpu_peak(dt, seconds_per_shape=a.probe_seconds) for k, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
-    log(f"  bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
+
     cases = []
     for key in [c.strip() for c in a.cases.split(",") if c.strip()]:
         if key not in CASES:
             p.error(f"unknown case {key!r}; choose from {', '.join(CASES)}")
         case = CASES[key](a)
         log(f"{case.name}: batch {case.batch_size}, {a.rounds} rounds x {case.steps_per_round} steps")
-        cases.append(run_case(case, a.rounds, a.warmup, runtime, peaks, log))
+        cases.append(run_case(case, a.rounds, a.warmup, runtime, a.probe_seconds, log))
         log(f"  speedup ours vs plain fp32: {cases[-1]['speedup_ours_vs_plain']:.2f}x")
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -214,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "runtime": runtime.describe(),
         "command": "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
         "cases": cases,
     }
     out = Path(a.out)
