@@ -168,3 +168,52 @@ def test_matmul_attention_equals_sdpa(dropout):
         assert torch.allclose(grads[0], grads[1], atol=1e-6)
     with pytest.raises(ValueError, match="must be 'sdpa' or 'matmul'"):
         m.set_attention_impl("flash")
+
+
+def _loss_and_grads(model, idx, targets, rows, autocast=False):
+    model.set_loss_rows(rows)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits, loss = model(idx, targets)
+    loss.backward()
+    return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_chunked_loss_equals_the_full_logits_path():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=37))
+    idx = torch.randint(0, 37, (2, 7))
+    targets = torch.randint(0, 37, (2, 7))
+    targets[0, :3] = -1  # ignored positions, inside a block of rows
+    full_logits, full_loss, full_grads = _loss_and_grads(model, idx, targets, 0)
+    assert full_logits.shape == (2, 7, 37)
+    for rows in (1, 5, 14, 100):  # blocks that do and do not divide the 14 positions
+        logits, loss, grads = _loss_and_grads(model, idx, targets, rows)
+        assert logits is None  # the full logits are never made
+        torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=1e-6)
+        for name, g in full_grads.items():
+            torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    # under bf16 autocast the head's matmul runs in bf16 on both paths; the loss stays float32
+    _, full_loss, full_grads = _loss_and_grads(model, idx, targets, 0, autocast=True)
+    _, loss, grads = _loss_and_grads(model, idx, targets, 4, autocast=True)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=1e-5)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-3, rtol=2e-2, msg=name)
+    # without gradients (evaluation) it gives the same loss
+    _, full_loss, _ = _loss_and_grads(model, idx, targets, 0)
+    model.set_loss_rows(3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, targets)[1], full_loss, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="non-negative"):
+        model.set_loss_rows(-1)
+
+
+def test_loss_path_policy():
+    from nanogpt.device import loss_rows
+
+    cpu = torch.device("cpu")
+    assert loss_rows(cpu, 50304, compiled=False) == 256
+    assert loss_rows(cpu, 65, compiled=False) == 0  # a character vocabulary gains nothing
+    assert loss_rows(cpu, 50304, compiled=True) == 0
+    assert loss_rows(torch.device("cuda"), 50304, compiled=False) == 0

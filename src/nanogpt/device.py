@@ -124,6 +124,19 @@ def attention_impl(device: torch.device, dtype: torch.dtype, seq_len: int) -> st
     return "sdpa"
 
 
+def loss_rows(device: torch.device, vocab_size: int, compiled: bool) -> int:
+    """Rows per block of the chunked cross-entropy (``GPT.set_loss_rows``), or 0 for the plain path.
+
+    On a CPU with a GPT-2 vocabulary the passes over the full (B*T, V) logits cost more than
+    the head's matmul: blocks of 256 rows made the whole GPT-2-small training step 1.19x
+    faster (fp32 loss and gradients unchanged). Small vocabularies gain nothing; compiled
+    models (where inductor fuses the loss itself) and GPUs keep the plain path.
+    """
+    if device.type == "cpu" and vocab_size >= 4096 and not compiled:
+        return 256
+    return 0
+
+
 def maybe_compile(model: torch.nn.Module, enabled: bool, log=print) -> torch.nn.Module:
     """Compile ``model``, falling back to eager with a printed reason if compiling fails."""
     if not enabled:

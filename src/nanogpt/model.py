@@ -201,6 +201,50 @@ class Block(nn.Module):
         return x
 
 
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits x @ weight^T against targets, a block of rows at a time.
+
+    The plain path materialises the logits in the matmul dtype, again in float32, their
+    log-softmax and its gradient: four (N, V) tensors (N = B*T; V = 50304 for GPT-2), and on a
+    CPU the memory-bound passes over them cost more than the head's matmul. Here each block of
+    rows makes its float32 logits, takes their log-sum-exp and turns them at once into the
+    gradient (softmax - onehot) / n, kept in the matmul dtype: one (N, V) tensor in all, and
+    none when no gradient is needed. Backward multiplies it into the gradients of x and of
+    the weight. The loss is float32 as on the plain path; targets of -1 are ignored.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        # x: (N, C) and weight: (V, C) in the matmul dtype; targets: (N,) int64
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        valid = targets != -1  # (N,)
+        n_valid = valid.sum().clamp(min=1)
+        safe = targets.clamp(min=0).unsqueeze(1)  # (N, 1): ignored rows point at id 0, masked below
+        grad = torch.empty(x.size(0), weight.size(0), dtype=x.dtype, device=x.device) if need_grad else None  # (N, V)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for s in range(0, x.size(0), rows):
+            e = min(s + rows, x.size(0))
+            # log-softmax in float32 (torch's fused kernel; its logsumexp was 5x slower on CPU)
+            logp = torch.log_softmax(x[s:e] @ weight.t(), dim=-1, dtype=torch.float32)  # (n, V)
+            total -= (logp.gather(1, safe[s:e]).squeeze(1) * valid[s:e]).sum()
+            if grad is not None:
+                p = logp.exp_()  # softmax, in place
+                p.scatter_add_(1, safe[s:e], -valid[s:e].unsqueeze(1).to(p.dtype))  # - onehot
+                p.mul_((valid[s:e].to(p.dtype) / n_valid).unsqueeze(1))  # mean over valid rows
+                grad[s:e] = p
+        if grad is not None:
+            ctx.save_for_backward(x, weight, grad)
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        x, weight, grad = ctx.saved_tensors
+        scale = grad_out.to(grad.dtype)
+        grad_x = (grad @ weight) * scale if ctx.needs_input_grad[0] else None  # (N, C)
+        grad_w = (grad.t() @ x) * scale if ctx.needs_input_grad[1] else None  # (V, C)
+        return grad_x, grad_w, None, None
+
+
 class GPT(nn.Module):
     """Decoder-only Transformer with GPT-2's layout and parameter names."""
 
@@ -217,6 +261,7 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.loss_rows = 0  # 0: loss from the full logits; > 0: ChunkedLinearCrossEntropy
         # Weight tying: the output projection is the token embedding matrix (GPT-2 does this;
         # it saves V*C parameters and helps small models).
         self.transformer.wte.weight = self.lm_head.weight
@@ -295,6 +340,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)  # (B, T, C)
         if last_logits_only and targets is None:
             x = x[:, -1:, :]  # (B, 1, C): generation needs only the next-token distribution
+        if targets is not None and self.loss_rows:
+            return None, self._chunked_loss(x, targets)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -302,6 +349,25 @@ class GPT(nn.Module):
             # loses too much precision in bf16.
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def set_loss_rows(self, rows: int) -> None:
+        """Compute the training loss ``rows`` positions at a time (0: the plain full-logits path).
+
+        With rows > 0, ``forward(idx, targets)`` returns ``(None, loss)``: the full logits are
+        never made (see :class:`ChunkedLinearCrossEntropy`). Same loss and gradients.
+        """
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"loss rows must be a non-negative integer, got {rows!r}")
+        self.loss_rows = rows
+
+    def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Under autocast the head's matmul runs in the autocast dtype, as self.lm_head(x) would.
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        with torch.autocast(kind, enabled=False):
+            return ChunkedLinearCrossEntropy.apply(
+                x.reshape(-1, x.size(-1)).to(dtype), self.lm_head.weight.to(dtype), targets.reshape(-1), self.loss_rows
+            )
 
     # Hugging Face interop lives in nanogpt.hf (imported lazily: reading a checkpoint needs
     # safetensors/json, not the model math).

@@ -622,13 +622,14 @@ def gather_loader_states(loader: Any, dist: Any) -> dict[str, Any]:
 
 
 def prepare_model(model: GPT, runtime: Runtime, seq_len: int, log: Callable[[str], None] = print) -> torch.nn.Module:
-    """Pick the attention kernel for this device and compile if asked; returns what to call.
+    """Pick the attention kernel and loss path for this device, compile if asked; returns what to call.
 
     Shared by training, ``nanogpt bench`` and the benchmarks, so they measure the same thing.
     """
-    from nanogpt.device import attention_impl, maybe_compile
+    from nanogpt.device import attention_impl, loss_rows, maybe_compile
 
     model.set_attention_impl(attention_impl(runtime.device, runtime.dtype, seq_len))
+    model.set_loss_rows(loss_rows(runtime.device, model.config.vocab_size, runtime.compile))
     return maybe_compile(model, runtime.compile, log=log)
 
 
