@@ -319,8 +319,9 @@ class GPT(nn.Module):
         """Logits for every position and, given targets, the mean cross-entropy loss.
 
         idx, targets: (B, T) int64; targets of -1 are ignored. Returns (logits, loss) with
-        logits (B, T, vocab_size) — (B, 1, vocab_size) when ``last_logits_only`` — and loss a
-        scalar, or None without targets.
+        logits (B, T, vocab_size) — (B, 1, vocab_size) when ``last_logits_only``; None when
+        targets are given and ``set_loss_rows`` chose the chunked loss — and loss a scalar, or
+        None without targets.
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
