@@ -161,9 +161,10 @@ class CausalSelfAttention(nn.Module):
         # The mask enters as an additive bias (0 where allowed, -inf elsewhere) and the 1/sqrt(hs)
         # scale as the product's alpha, so one baddbmm computes the masked, scaled scores: on CPUs
         # that was 1.5x faster (forward + backward) than a product, a multiply and a masked_fill.
-        bias = torch.zeros((), dtype=q.dtype, device=q.device).expand(Tq, Tk)
         if mask is not None:
             bias = torch.zeros(Tq, Tk, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        else:  # one new token against the cache: it may see every key
+            bias = torch.zeros((), dtype=q.dtype, device=q.device).expand(Tq, Tk)
         q3, k3, v3 = (t.reshape(B * nh, -1, hs) for t in (q, k, v))  # (B*nh, T, hs)
         att = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, Tq, Tk)
         att = F.softmax(att, dim=-1)
@@ -207,7 +208,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     The plain path materialises the logits in the matmul dtype, again in float32, their
     log-softmax and its gradient: four (N, V) tensors (N = B*T; V = 50304 for GPT-2), and on a
     CPU the memory-bound passes over them cost more than the head's matmul. Here each block of
-    rows makes its float32 logits, takes their log-sum-exp and turns them at once into the
+    rows makes its float32 log-softmax, reads the loss off it and turns it in place into the
     gradient (softmax - onehot) / n, kept in the matmul dtype: one (N, V) tensor in all, and
     none when no gradient is needed. Backward multiplies it into the gradients of x and of
     the weight. The loss is float32 as on the plain path; targets of -1 are ignored.
