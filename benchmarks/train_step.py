@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -108,11 +109,6 @@ def measure_peaks(seconds: float) -> dict[str, float]:
     return {k: flops.measure_cpu_peak(dt, seconds_per_shape=seconds) for k, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return v[len(v) // 2]
-
-
 def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Time both contenders on one model in alternating rounds; their medians, MFU and ratio.
 
@@ -139,7 +135,7 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: 
         for name, (step, _) in contenders.items():
             timing = time_calls(step, 0, case.steps_per_round, torch.device("cpu"))
             times[name] += timing.per_call
-            round_times[name].append(_median(timing.per_call))
+            round_times[name].append(statistics.median(timing.per_call))
             losses[name] += [float(v) for v in timing.results]
         round_peaks.append(measure_peaks(probe_seconds))
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {1000 * v[-1]:.0f} ms" for k, v in round_times.items())
@@ -153,8 +149,8 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: 
         tok_s = tokens / median
         key = flops.dtype_key(dtype)
         # achieved FLOP/s of each round over the peak probed right after it
-        mfu_own = _median([tokens * fpt / rt / pk[key] for rt, pk in zip(round_times[name], round_peaks)])
-        mfu_bf16 = _median([tokens * fpt / rt / pk["bf16"] for rt, pk in zip(round_times[name], round_peaks)])
+        mfu_own = statistics.median([tokens * fpt / rt / pk[key] for rt, pk in zip(round_times[name], round_peaks)])
+        mfu_bf16 = statistics.median([tokens * fpt / rt / pk["bf16"] for rt, pk in zip(round_times[name], round_peaks)])
         rows[name] = {
             "dtype": str(dtype).replace("torch.", ""),
             "ms_per_step_median": 1000 * median,
