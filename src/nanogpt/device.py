@@ -9,6 +9,7 @@ helpers here, so the rules below live in one place:
   CPU); float16 + GradScaler only on CUDA without bf16; float32 otherwise.
 * compile: on by default on CUDA; off on CPU/MPS unless asked (on our CPU the compiled training
   step was 0.8-1.1x eager bf16 and took 30-70 s to compile).
+* memory allocator (CPU, glibc): keep freed memory for reuse (:func:`keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ class Runtime:
     compile: bool
     compile_reason: str
     dist: Dist = field(default_factory=Dist)
+    allocator: str = ""  # what keep_freed_memory() did (CPU runs)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.dtype)
@@ -213,6 +215,7 @@ class Runtime:
         return (
             f"device {self.device}{' (' + device_label(self.device) + ')' if device_label(self.device) else ''}, "
             f"dtype {name} ({self.dtype_reason}), compile {'on' if self.compile else 'off'} ({self.compile_reason})"
+            + (f", {self.allocator}" if self.allocator else "")
             + (f", rank {self.dist.rank}/{self.dist.world_size}" if self.dist.enabled else "")
         )
 
@@ -237,6 +240,46 @@ def device_label(device: torch.device) -> str:
     return ""
 
 
+# glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_allocator_note: str | None = None
+
+
+def keep_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory for reuse; returns a note saying what was done.
+
+    A training step on a CPU allocates and frees the same activation-sized blocks every
+    iteration. glibc serves blocks above its mmap threshold with fresh pages from the kernel and
+    trims the heap's free top after frees, so each step page-faults and zeroes those megabytes
+    again: ~15,000 page faults per step of the 4x192 CPU preset. Raising the mmap threshold to
+    glibc's maximum (32 MiB) and the trim threshold to 1 GiB keeps the blocks in the heap: page
+    faults fell 5.7x and the preset's step became 1.23x faster (median of 4 alternating process
+    pairs: 1.08-1.42x). The cost: the process keeps its peak heap until it exits, which a
+    training process does anyway. Process-wide and idempotent; set NANOGPT_KEEP_FREED_MEMORY=0
+    to leave the allocator alone. No-op on other C libraries (macOS, musl, Windows).
+    """
+    global _allocator_note
+    if _allocator_note is not None:
+        return _allocator_note
+    import platform
+
+    if os.environ.get("NANOGPT_KEEP_FREED_MEMORY", "1") == "0":
+        _allocator_note = "default malloc (NANOGPT_KEEP_FREED_MEMORY=0)"
+    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        _allocator_note = "default malloc"
+    else:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            ok = (libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+                  and libc.mallopt(_M_TOP_PAD, 64 << 20) == 1)
+        except (OSError, AttributeError):
+            ok = False
+        _allocator_note = "malloc keeps freed memory" if ok else "default malloc (mallopt refused)"
+    return _allocator_note
+
+
 def setup_runtime(device: str = "auto", dtype: str = "auto", compile: str = "auto", distributed: bool = False) -> Runtime:
     """Resolve device, dtype and compile choice (and join torchrun when ``distributed``)."""
     if distributed:
@@ -245,11 +288,12 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", compile: str = "aut
         dist, dev = Dist(), resolve_device(device)
     dt, dt_reason = resolve_dtype(dtype, dev)
     comp, comp_reason = resolve_compile(compile, dev)
+    allocator = keep_freed_memory() if dev.type == "cpu" else ""
     if dev.type == "cuda":
         # TF32 matmuls: ~8x the fp32 throughput on Ampere+ for the fp32 parts that remain.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(dev, dt, dt_reason, comp, comp_reason, dist)
+    return Runtime(dev, dt, dt_reason, comp, comp_reason, dist, allocator)
 
 
 def unwrap(model: Any) -> torch.nn.Module:
