@@ -31,7 +31,8 @@ NANOGPT_CPU = [
     "--model.n_layer=4", "--model.n_head=4", "--model.n_embd=128", "--model.block_size=64", "--model.dropout=0.0",
     "--model.activation=gelu_tanh", "--model.bias=true", "--run.max_seconds=0",
     "--optim.name=adamw", "--optim.schedule=cosine", "--optim.weight_decay=0.1",
-    "--data.batch_size=12", "--optim.lr=1e-3", "--optim.min_lr=1e-4", "--optim.warmup_iters=100", "--optim.beta2=0.99",
+    "--data.batch_size=12", "--optim.lr=1e-3", "--optim.min_lr=1e-4", "--optim.warmup_iters=100", "--optim.beta1=0.9",
+    "--optim.beta2=0.99",
     "--run.max_iters=2000", "--optim.lr_decay_iters=2000", "--run.dtype=float32", "--run.eval_interval=2000",
     "--run.eval_iters=50",
 ]
