@@ -290,10 +290,11 @@ class TrainConfig:
 # Presets: named runs as dotted overrides of the defaults.
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # nanoGPT's GPU recipe for character-level Shakespeare (val loss ~1.47 in its write-up).
+    # nanoGPT's GPU recipe for character-level Shakespeare (val loss ~1.47 in its write-up), with
+    # nanoGPT's model: no biases, exact GELU.
     "shakespeare-char": {
         "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256,
-        "model.dropout": 0.2,
+        "model.dropout": 0.2, "model.bias": False, "model.activation": "gelu",
         "data.dataset": "data/shakespeare-char", "data.prepare": "shakespeare", "data.tokenizer": "char",
         "data.batch_size": 64,
         "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.warmup_iters": 100, "optim.beta2": 0.99,
