@@ -135,6 +135,12 @@ def test_train_step_script_writes_json_and_markdown(tmp_path, capsys):
     assert plain["mfu_vs_own_dtype_peak"] == pytest.approx(sum(per_round) / 2)
     # same init, same batch: the two contenders start from the same loss (bf16 vs fp32 rounding)
     assert ours["loss_first"] == pytest.approx(plain["loss_first"], abs=0.05)
+    # the recorded matrix products of one step are exactly the FLOPs the formula counts
+    mo = case["matmuls_only"]
+    assert mo["flops_per_step"] == work and mo["share_of_step_flops"] == 1.0
+    low, f32 = mo["results"]["matmuls only, ours' dtype"], mo["results"]["matmuls only, fp32"]
+    assert mo["speedup_vs_fp32"] == pytest.approx(f32["ms_median"] / low["ms_median"])
+    assert f32["dtype"] == "float32" and len(low["round_ms"]) == 2
     md = out.with_suffix(".md").read_text()
     assert "| smoke 2L/2H/32, block 16 | 2 x 16 | ours | bfloat16 |" in md or "| ours | float32 |" in md
     assert "| plain fp32 | float32 |" in md
