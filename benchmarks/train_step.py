@@ -115,11 +115,17 @@ def our_contender(config: GPTConfig, batch: tuple[torch.Tensor, torch.Tensor], r
 _MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
 
 
-def record_matmuls(step: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[str, Any]]]:
-    """The matrix products one call of ``step`` runs, forward and backward: (op, args, kwargs).
+@dataclass(frozen=True)
+class Operand:
+    """A recorded tensor argument: its shape and strides (a transposed view stays transposed)."""
 
-    Tensor arguments are kept as (size, stride) so a transposed operand stays transposed.
-    """
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def record_matmuls(step: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[str, Any]]]:
+    """The matrix products one call of ``step`` runs, forward and backward: (op, args, kwargs),
+    with tensor arguments recorded as ``Operand``s."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     ops = {getattr(torch.ops.aten, name).default for name in _MATMUL_OPS}
@@ -129,7 +135,7 @@ def record_matmuls(step: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[s
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
             kwargs = kwargs or {}
             if func in ops:
-                spec = [(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a for a in args]
+                spec = [Operand(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a for a in args]
                 calls.append((func, spec, dict(kwargs)))
             return func(*args, **kwargs)
 
@@ -147,17 +153,18 @@ def matmul_replay(calls: list[tuple[Any, list[Any], dict[str, Any]]], dtype: tor
     """
     g = torch.Generator().manual_seed(0)
 
-    def operand(size: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        extent = 1 + sum((n - 1) * st for n, st in zip(size, stride))  # storage the view spans
-        return torch.randn(extent, generator=g).to(dtype).as_strided(size, stride)
+    def tensor(op: Operand) -> torch.Tensor:
+        extent = 1 + sum((n - 1) * st for n, st in zip(op.size, op.stride))  # storage the view spans
+        return torch.randn(extent, generator=g).to(dtype).as_strided(op.size, op.stride)
 
     prepared = []
     total_flops = 0.0
     for func, spec, kwargs in calls:
-        args = [operand(*a) if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], tuple) else a for a in spec]
+        args = [tensor(a) if isinstance(a, Operand) else a for a in spec]
         prepared.append((func, args, kwargs))
         a, b = [t for t in args if isinstance(t, torch.Tensor)][-2:]  # the two factors (after any bias)
         total_flops += 2 * a.numel() * b.shape[-1]  # 2 * (batch * m * k) * n
+
     def run() -> None:
         for func, args, kwargs in prepared:
             func(*args, **kwargs)
@@ -215,9 +222,9 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: 
     matmuls_only = {}
     for name, (_, dtype) in contenders.items():
         t = sorted(times[name])
+        median = t[len(t) // 2]
         key = flops.dtype_key(dtype)
         if name.startswith("matmuls only"):
-            median = t[len(t) // 2]
             matmuls_only[name] = {
                 "dtype": str(dtype).replace("torch.", ""),
                 "ms_median": 1000 * median,
@@ -227,7 +234,6 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: 
                 "round_ms": [1000 * v for v in round_times[name]],
             }
             continue
-        median = t[len(t) // 2]
         tok_s = tokens / median
         # achieved FLOP/s of each round over the peak probed right after it
         mfu_own = statistics.median([tokens * fpt / rt / pk[key] for rt, pk in zip(round_times[name], round_peaks)])
