@@ -8,7 +8,8 @@ helpers here, so the rules below live in one place:
   training step of the 6-layer char model measured 1.9-2.9x faster than fp32 on our 2-core AMX
   CPU); float16 + GradScaler only on CUDA without bf16; float32 otherwise.
 * compile: on by default on CUDA; off on CPU/MPS unless asked (on our CPU the compiled training
-  step was 0.8-1.1x eager bf16 and took 30-70 s to compile).
+  step was 1.11x eager bf16 at the median, 0.8-1.7x round to round, and took 29-70 s to compile:
+  longer than a 20 s training budget).
 * memory allocator (CPU, glibc): keep freed memory for reuse (:func:`keep_freed_memory`).
 """
 
