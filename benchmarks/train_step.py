@@ -43,7 +43,8 @@ from nanogpt.bench import time_calls
 from nanogpt.config import OptimConfig
 from nanogpt.device import device_label, setup_runtime
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.train import configure_optimizer, prepare_model, train_step
+from nanogpt.device import prepare_model
+from nanogpt.train import configure_optimizer, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

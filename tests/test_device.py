@@ -14,7 +14,8 @@ import pytest
 _STEPS = """
 import resource, torch
 from nanogpt.device import setup_runtime
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 rt = setup_runtime("cpu", "float32", "false")
 torch.manual_seed(0)
 m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=128, block_size=64, vocab_size=65, dropout=0.0, bias=False))

@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from nanogpt.cli import main
 from nanogpt.evaluate import score_tokens, windows
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 
 
 def tiny_model(block_size=16, vocab_size=40, seed=0):

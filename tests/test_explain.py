@@ -9,7 +9,8 @@ import torch
 from nanogpt import explain, flops
 from nanogpt.cli import main
 from nanogpt.errors import NanoGPTError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 
 # Small configurations that differ in the ways that matter: heads, head size, bias, vocab.
 CONFIGS = [
@@ -115,16 +116,24 @@ def test_meta_device_run_matches_a_real_run():
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:2])
-def test_recomputed_attention_reproduces_the_module(cfg):
+def test_attention_maps_are_the_model_s_own_weights_and_leave_its_kernels_alone(cfg):
+    from nanogpt.ops import Kernels, kernels_of
+
     model = tiny_model(cfg)
-    attn = model.transformer.h[0].attn
-    x = torch.randn(2, cfg.block_size, cfg.n_embd)
-    parts = explain.attention_tensors(attn, x)
-    with torch.no_grad():
-        assert torch.allclose(attn.c_proj(parts["merge"]), attn(x), atol=1e-5)
-    probs = parts["probs"]
+    ids = list(range(min(cfg.block_size, 7)))
+    maps = explain.attention_maps(model, ids, layers=[0])
+    probs = maps[0]  # (nh, T, T)
+    assert probs.shape == (cfg.n_head, len(ids), len(ids))
     assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:-1]), atol=1e-5)
     assert (probs.triu(diagonal=1) == 0).all()  # nothing from the future
+    # the weights reproduce the block's attention output: probs @ v, merged, projected
+    attn = model.transformer.h[0].attn
+    x = model.transformer.h[0].ln_1(model.transformer.wte(torch.tensor([ids])) + model.transformer.wpe(torch.arange(len(ids))))
+    with torch.no_grad():
+        v = attn.c_attn(x).split(cfg.n_embd, dim=2)[2].view(1, len(ids), cfg.n_head, -1).transpose(1, 2)
+        merged = (probs.unsqueeze(0) @ v).transpose(1, 2).reshape(1, len(ids), cfg.n_embd)
+        assert torch.allclose(attn.c_proj(merged), attn(x), atol=1e-5)
+    assert kernels_of(model) == Kernels()  # the spelled-out attention was only borrowed
 
 
 # --------------------------------------------------------------------------------------------

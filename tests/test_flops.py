@@ -10,7 +10,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nanogpt import flops
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 
 
 def _tiny(**kw) -> GPTConfig:

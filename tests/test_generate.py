@@ -17,7 +17,9 @@ from nanogpt.generate import (
     sample_next_token,
     window_start,
 )
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
+from nanogpt.ops import Kernels, apply_kernels
 
 
 def tiny_model(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=32, seed=0, std=0.3):
@@ -69,7 +71,7 @@ def test_cache_with_matmul_attention_equals_sdpa_reference():
     model = tiny_model(block_size=32)
     idx = torch.randint(0, 61, (2, 5))
     tok_ref, log_ref = greedy_steps(model, idx, 80, use_cache=False)
-    model.set_attention_impl("matmul")
+    apply_kernels(model, Kernels(attention="matmul"))
     tok_c, log_c = greedy_steps(model, idx, 80, use_cache=True)
     assert torch.equal(tok_c, tok_ref)
     torch.testing.assert_close(log_c, log_ref, atol=1e-4, rtol=0)
@@ -382,7 +384,8 @@ def test_sample_cli_missing_and_partial_checkpoint(char_run, tmp_path, capsys):
 
 
 def test_prepare_for_sampling_bf16_keeps_state_and_tracks_fp32():
-    from nanogpt.generate import RowLinear, prepare_for_sampling
+    from nanogpt.generate import prepare_for_sampling
+    from nanogpt.ops import RowLinear
 
     ref = tiny_model(block_size=32, std=0.1)
     model = prepare_for_sampling(tiny_model(block_size=32, std=0.1), torch.bfloat16)

@@ -8,7 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from nanogpt.errors import NanoGPTError  # noqa: E402
-from nanogpt.model import GPT, GPTConfig  # noqa: E402
+from nanogpt.config import GPTConfig  # noqa: E402
+from nanogpt.model import GPT  # noqa: E402
 
 CONFIGS = [
     # GPT-2 small widths, 2 layers

@@ -5,7 +5,8 @@ import torch
 
 from nanogpt.config import OptimConfig
 from nanogpt.errors import NanoGPTError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 from nanogpt.optim import Muon, muon_param_groups, orthogonalize
 from nanogpt.train import configure_optimizer
 

@@ -160,7 +160,8 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, char_data):
 
 
 def test_finetune_from_hf_folder(tmp_path, char_data):
-    from nanogpt.model import GPT, GPTConfig
+    from nanogpt.config import GPTConfig
+    from nanogpt.model import GPT
 
     base = GPT(GPTConfig(block_size=64, vocab_size=100, n_layer=2, n_head=2, n_embd=32))
     base.save_pretrained(str(tmp_path / "hf"))

@@ -85,7 +85,7 @@ def resolve_model(preset: str | None, overrides: dict[str, Any], device: torch.d
     import typing
 
     from nanogpt.config import coerce, get_preset
-    from nanogpt.model import GPTConfig
+    from nanogpt.config import GPTConfig
 
     name = preset or default_preset(device)
     flat = get_preset(name)
@@ -213,7 +213,8 @@ def run_bench(
     from nanogpt.config import OptimConfig
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
-    from nanogpt.train import configure_optimizer, prepare_model, train_step
+    from nanogpt.device import prepare_model
+    from nanogpt.train import configure_optimizer, train_step
 
     runtime = setup_runtime(opts.device, opts.dtype, opts.compile)
     device = runtime.device
@@ -356,7 +357,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     import typing
 
     from nanogpt.config import add_dataclass_args, preset_names
-    from nanogpt.model import GPTConfig
+    from nanogpt.config import GPTConfig
 
     parser.add_argument("--preset", help=f"model and batch size of a named run: {', '.join(preset_names())} "
                         "(default: gpt2-124m on CUDA, shakespeare-char-cpu elsewhere)")

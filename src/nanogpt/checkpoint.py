@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from nanogpt.errors import NanoGPTError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 
 FORMAT_VERSION = 1
 
@@ -241,7 +242,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", which: st
         meta = {"source": str(src), "kind": "run", "checkpoint": str(ck.path), **{k: ck.info.get(k) for k in ("iter", "val_loss", "train_loss")}}
         meta["dataset"] = ck.info.get("dataset")
     elif src.is_dir() and hf.is_hf_dir(src) or (not src.exists() and str(source) in hf.HUB_NAMES):
-        model = hf.load_hf_gpt2(str(source))
+        model = GPT.from_pretrained(str(source))
         tok = _gpt2_tokenizer_if_fits(model.config.vocab_size)
         meta = {"source": str(source), "kind": "hf"}
     elif src.is_dir():

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("nanogpt.bench", "measure training and sampling speed, FLOP/s and MFU on this device"),
     "inspect": ("nanogpt.explain", "explain a configuration: shapes, parameters, FLOPs, memory, attention maps"),
     "plot": ("nanogpt.plot", "plot a run's train/val loss curves to a PNG"),
-    "export": ("nanogpt.hf", "export a run's checkpoint as a Hugging Face GPT-2 folder"),
+    "export": ("nanogpt.export", "export a run's checkpoint as a Hugging Face GPT-2 folder"),
 }
 
 
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError) as e:
-        # Validation errors from config dataclasses and missing files are the user's to fix.
+    except FileNotFoundError as e:
+        # A path the user named that is not there; anything else unexpected is a bug and keeps its traceback.
         if debug:
             traceback.print_exc()
         print(f"nanogpt {command}: error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 from nanogpt.errors import NanoGPTError
 
@@ -121,6 +121,72 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# The model's shape
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a GPT-2-style model (the math is in ``nanogpt.model``). Defaults are GPT-2 small (124M)."""
+
+    block_size: int = _help("context length in tokens (positions in wpe)", default=1024)
+    vocab_size: int = _help("number of token ids (rows of wte)", default=50257)
+    n_layer: int = _help("number of Transformer blocks", default=12)
+    n_head: int = _help("attention heads per block; n_embd must divide by it", default=12)
+    n_embd: int = _help("channels of the residual stream (C)", default=768)
+    dropout: float = _help("dropout probability in [0, 1); 0 for pretraining", default=0.0)
+    bias: bool = _help("biases in Linear and LayerNorm layers (GPT-2: true)", default=True)
+    activation: Literal["gelu_tanh", "gelu"] = _help(
+        "MLP activation: gelu_tanh (GPT-2's tanh approximation) or gelu (exact erf form; much faster on CPUs)",
+        default="gelu_tanh",
+    )
+
+    # Published GPT-2 sizes; every other field keeps its default (vocab 50257, block 1024, bias).
+    PRESETS: ClassVar[dict[str, dict[str, int]]] = {
+        "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+        "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+        "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+        "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise NanoGPTError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            lo = self.n_embd // self.n_head * self.n_head
+            raise NanoGPTError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"try n_embd={lo or self.n_head} or n_embd={lo + self.n_head}, or change n_head"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise NanoGPTError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ("gelu_tanh", "gelu"):
+            raise NanoGPTError(f"model.activation must be gelu_tanh or gelu, got {self.activation!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head (hs)."""
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """A published GPT-2 configuration by name, with any field overridden."""
+        if name not in cls.PRESETS:
+            raise NanoGPTError(f"unknown model name {name!r}; choose one of {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        """From a saved dict; keys this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,32 +303,20 @@ class RunConfig:
             raise NanoGPTError("run.max_seconds must be >= 0")
 
 
-def _model_config_cls() -> type:
-    # GPTConfig lives with the model; importing it here is deferred so that this module stays
-    # importable without torch.
-    from nanogpt.model import GPTConfig
-
-    return GPTConfig
-
-
 @dataclass
 class TrainConfig:
     """Everything that defines a training run."""
 
-    model: Any = None  # GPTConfig
+    model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self) -> None:
-        if self.model is None:
-            self.model = _model_config_cls()()
 
     SECTIONS = ("model", "data", "optim", "run")
 
     @classmethod
     def section_classes(cls) -> dict[str, type]:
-        return {"model": _model_config_cls(), "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+        return {"model": GPTConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 
     def to_dict(self) -> dict[str, Any]:
         return {s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}
@@ -280,10 +334,7 @@ class TrainConfig:
                 raise NanoGPTError(f"unknown config key '{key}'{hint}")
             section, name = known[key]
             per[section][name] = coerce(value, _field_types(classes[section])[name], key)
-        try:
-            return cls(**{s: classes[s](**kw) for s, kw in per.items()})
-        except ValueError as e:  # GPTConfig validation
-            raise NanoGPTError(str(e)) from None
+        return cls(**{s: classes[s](**kw) for s, kw in per.items()})
 
 
 # --------------------------------------------------------------------------------------------

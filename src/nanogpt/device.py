@@ -19,11 +19,14 @@ import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from nanogpt.errors import NanoGPTError
+
+if TYPE_CHECKING:
+    from nanogpt.ops import Kernels
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,28 +118,48 @@ def resolve_compile(choice: str, device: torch.device) -> tuple[bool, str]:
     return False, f"off by default on {device.type}: it was no faster than eager here and takes a minute to compile"
 
 
-def attention_impl(device: torch.device, dtype: torch.dtype, seq_len: int) -> str:
-    """'matmul' where it measured faster than torch's fused SDPA kernel, else 'sdpa'.
+def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab_size: int, compiled: bool,
+                   decode: bool = False) -> "Kernels":
+    """The kernels (``nanogpt.ops``) that pay for this device, precision and shape.
 
-    On our AMX CPU in bf16, fwd+bwd of the CPU flash kernel took 34 ms vs 7.8 ms for the
-    explicit matmuls at T=64, 37 vs 27 ms at T=256, and won from T=512 on.
+    * Attention as explicit matmuls on CPUs in bf16 up to 256 positions, where torch's fused
+      CPU kernel is slower; from 512 on the fused kernel wins.
+    * The chunked head + loss on CPUs with vocabularies of 4096 and more, where the passes
+      over the full float32 logits cost more than the head's matmul. Compiled models fuse the
+      loss themselves; GPUs keep the plain path.
+    * Matrix-vector products for batch-1 decode steps on CPUs with bf16/fp16 weights.
+    Measurements: ``benchmarks/README.md``.
     """
-    if device.type == "cpu" and dtype is torch.bfloat16 and seq_len <= 256:
-        return "matmul"
-    return "sdpa"
+    from nanogpt.ops import Kernels
+
+    cpu = device.type == "cpu"
+    return Kernels(
+        attention="matmul" if cpu and not decode and dtype is torch.bfloat16 and seq_len <= 256 else "sdpa",
+        loss_rows=256 if cpu and not decode and vocab_size >= 4096 and not compiled else 0,
+        row_linear=cpu and decode and dtype in (torch.bfloat16, torch.float16),
+    )
 
 
-def loss_rows(device: torch.device, vocab_size: int, compiled: bool) -> int:
-    """Rows per block of the chunked cross-entropy (``GPT.set_loss_rows``), or 0 for the plain path.
+def describe_kernels(kernels: "Kernels") -> str:
+    """One line for the log: which kernels run."""
+    parts = [f"attention {kernels.attention}"]
+    parts.append(f"loss in blocks of {kernels.loss_rows} rows" if kernels.loss_rows else "loss on full logits")
+    if kernels.row_linear:
+        parts.append("matrix-vector decode")
+    return "kernels: " + ", ".join(parts)
 
-    On a CPU with a GPT-2 vocabulary the passes over the full (B*T, V) logits cost more than
-    the head's matmul: blocks of 256 rows made the whole GPT-2-small training step 1.19x
-    faster (fp32 loss and gradients unchanged). Small vocabularies gain nothing; compiled
-    models (where inductor fuses the loss itself) and GPUs keep the plain path.
+
+def prepare_model(model: Any, runtime: "Runtime", seq_len: int, log: Any = print) -> torch.nn.Module:
+    """Install this runtime's training kernels on ``model`` and compile it if asked; returns what to call.
+
+    Shared by training, ``nanogpt bench`` and the benchmarks, so they measure the same thing.
     """
-    if device.type == "cpu" and vocab_size >= 4096 and not compiled:
-        return 256
-    return 0
+    from nanogpt.ops import apply_kernels
+
+    kernels = choose_kernels(runtime.device, runtime.dtype, seq_len, model.config.vocab_size, runtime.compile)
+    apply_kernels(model, kernels)
+    log(describe_kernels(kernels))
+    return maybe_compile(model, runtime.compile, log=log)
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool, log=print) -> torch.nn.Module:

@@ -44,18 +44,21 @@ autograd really saves (deduplicated by storage) in a forward pass of a small mod
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from nanogpt.errors import NanoGPTError
 
 if TYPE_CHECKING:  # torch is imported inside functions so that `--help` stays instant
     import torch
 
-    from nanogpt.model import GPT, GPTConfig
+    from nanogpt.config import GPTConfig
+    from nanogpt.model import GPT
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -136,32 +139,18 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
     return rows
 
 
-def attention_tensors(attn: "torch.nn.Module", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
-    """Recompute what a ``CausalSelfAttention`` module does to its input ``x`` (B, T, C).
+@contextlib.contextmanager
+def visible_attention(model: "GPT") -> Iterator[None]:
+    """Run ``model`` with attention spelled out (``ops.MatmulAttention``: the same function), so that
+    hooks on each block's ``attn.attend.probs`` see the attention weights; the kernels are restored after."""
+    from nanogpt.ops import apply_kernels, kernels_of
 
-    Returns the intermediate tensors that SDPA never shows: c_attn (B, T, 3C); q, k, v
-    (B, nh, T, hs); scores and causal-softmax probs (B, nh, T, T); att_v (B, nh, T, hs);
-    merge (B, T, C). ``attn.c_proj(merge)`` equals the module's output (without dropout).
-    Uses ``F.linear`` on the module's weights rather than calling ``attn.c_attn``, so that the
-    hooks on ``c_attn`` do not fire a second time.
-    """
-    import torch
-    from torch.nn import functional as F
-
-    B, T, C = x.shape
-    nh = attn.n_head
-    hs = C // nh
-    qkv = F.linear(x, attn.c_attn.weight, attn.c_attn.bias)  # (B, T, 3C)
-    q, k, v = qkv.split(C, dim=2)
-    q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-    k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-    v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)  # key j > query i
-    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
-    att_v = probs @ v  # (B, nh, T, hs)
-    merge = att_v.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-    return {"c_attn": qkv, "q": q, "k": k, "v": v, "scores": scores, "probs": probs, "att_v": att_v, "merge": merge}
+    before = kernels_of(model)
+    apply_kernels(model, dataclasses.replace(before, attention="matmul"))
+    try:
+        yield
+    finally:
+        apply_kernels(model, before)
 
 
 def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ...]]:
@@ -187,36 +176,46 @@ def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ..
 
         return hook
 
-    def on_attention(i: int):
+    def on_attend(i: int):
         def hook(module, inputs, output):
-            for name, t in attention_tensors(module, inputs[0]).items():
-                if name != "c_attn":  # captured from the c_attn module itself
-                    shapes[f"h.{i}.{name}"] = tuple(t.shape)
+            for name, t in zip(("q", "k", "v"), inputs):
+                shapes[f"h.{i}.{name}"] = tuple(t.shape)
+            shapes[f"h.{i}.att_v"] = tuple(output.shape)
 
         return hook
 
-    tr = model.transformer
-    handles.append(model.register_forward_pre_hook(on_input("idx")))
-    handles.append(tr.wte.register_forward_hook(on_output("tok_emb")))
-    handles.append(tr.wpe.register_forward_hook(on_output("pos_emb")))
-    handles.append(tr.drop.register_forward_hook(on_output("x")))
-    for i, block in enumerate(tr.h):
-        p = f"h.{i}."
-        handles += [
-            block.ln_1.register_forward_hook(on_output(p + "ln_1")),
-            block.attn.c_attn.register_forward_hook(on_output(p + "c_attn")),
-            block.attn.register_forward_hook(on_attention(i)),
-            block.attn.c_proj.register_forward_hook(on_output(p + "attn_proj")),
-            block.ln_2.register_forward_pre_hook(on_input(p + "resid_1")),
-            block.ln_2.register_forward_hook(on_output(p + "ln_2")),
-            block.mlp.c_fc.register_forward_hook(on_output(p + "c_fc")),
-            block.mlp.gelu.register_forward_hook(on_output(p + "gelu")),
-            block.mlp.c_proj.register_forward_hook(on_output(p + "mlp_proj")),
-            block.register_forward_hook(on_output(p + "resid_2")),
-        ]
-    handles.append(tr.ln_f.register_forward_hook(on_output("ln_f")))
-    handles.append(model.lm_head.register_forward_hook(on_output("logits")))
-    _forward_with_hooks(model, idx, handles)
+    def on_probs(i: int):
+        def hook(module, inputs, output):
+            # the scores are the softmax's input: the same (B, nh, T, T) shape
+            shapes[f"h.{i}.scores"] = shapes[f"h.{i}.probs"] = tuple(output.shape)
+
+        return hook
+
+    with visible_attention(model):
+        tr = model.transformer
+        handles.append(model.register_forward_pre_hook(on_input("idx")))
+        handles.append(tr.wte.register_forward_hook(on_output("tok_emb")))
+        handles.append(tr.wpe.register_forward_hook(on_output("pos_emb")))
+        handles.append(tr.drop.register_forward_hook(on_output("x")))
+        for i, block in enumerate(tr.h):
+            p = f"h.{i}."
+            handles += [
+                block.ln_1.register_forward_hook(on_output(p + "ln_1")),
+                block.attn.c_attn.register_forward_hook(on_output(p + "c_attn")),
+                block.attn.attend.register_forward_hook(on_attend(i)),
+                block.attn.attend.probs.register_forward_hook(on_probs(i)),
+                block.attn.c_proj.register_forward_pre_hook(on_input(p + "merge")),
+                block.attn.c_proj.register_forward_hook(on_output(p + "attn_proj")),
+                block.ln_2.register_forward_pre_hook(on_input(p + "resid_1")),
+                block.ln_2.register_forward_hook(on_output(p + "ln_2")),
+                block.mlp.c_fc.register_forward_hook(on_output(p + "c_fc")),
+                block.mlp.gelu.register_forward_hook(on_output(p + "gelu")),
+                block.mlp.c_proj.register_forward_hook(on_output(p + "mlp_proj")),
+                block.register_forward_hook(on_output(p + "resid_2")),
+            ]
+        handles.append(tr.ln_f.register_forward_hook(on_output("ln_f")))
+        handles.append(model.lm_head.register_forward_hook(on_output("logits")))
+        _forward_with_hooks(model, idx, handles)
     return shapes
 
 
@@ -554,8 +553,8 @@ def attention_maps(model: "GPT", token_ids: Sequence[int], layers: Iterable[int]
     """Attention probabilities of one sequence: {layer: (nh, T, T) float32 CPU tensor}.
 
     Row i of a head's map is the distribution over tokens 0..i that token i attends to
-    (zeros above the diagonal). Computed by forward hooks on each block's ``attn`` module
-    (see :func:`attention_tensors`); ``layers`` defaults to all of them.
+    (zeros above the diagonal). Read by forward hooks on each block's attention weights
+    (see :func:`visible_attention`); ``layers`` defaults to all of them.
     """
     import torch
 
@@ -574,17 +573,18 @@ def attention_maps(model: "GPT", token_ids: Sequence[int], layers: Iterable[int]
 
     def hook_for(i: int):
         def hook(module, inputs, output):
-            maps[i] = attention_tensors(module, inputs[0])["probs"][0].float().cpu()  # (nh, T, T)
+            maps[i] = output[0].float().cpu()  # (nh, T, T)
 
         return hook
 
     device = next(model.parameters()).device
     idx = torch.tensor([list(token_ids)], dtype=torch.long, device=device)  # (1, T)
-    handles = [model.transformer.h[i].attn.register_forward_hook(hook_for(i)) for i in wanted]
     was_training = model.training
     model.eval()
     try:
-        _forward_with_hooks(model, idx, handles)
+        with visible_attention(model):
+            handles = [model.transformer.h[i].attn.attend.probs.register_forward_hook(hook_for(i)) for i in wanted]
+            _forward_with_hooks(model, idx, handles)
     finally:
         model.train(was_training)
     return {i: maps[i] for i in wanted}
@@ -719,7 +719,7 @@ def config_from_preset(name: str, vocab_size: int | None = None) -> tuple["GPTCo
     Returns the configuration and a description of its source.
     """
     from nanogpt.config import get_preset, preset_names
-    from nanogpt.model import GPTConfig
+    from nanogpt.config import GPTConfig
 
     extra = {} if vocab_size is None else {"vocab_size": vocab_size}
     if name in GPTConfig.PRESETS:
@@ -746,7 +746,7 @@ def config_from_preset(name: str, vocab_size: int | None = None) -> tuple["GPTCo
 
 def config_from_folder(folder: str | Path) -> "GPTConfig":
     """The model configuration of a run folder or a Hugging Face GPT-2 folder (no weights read)."""
-    from nanogpt.model import GPTConfig
+    from nanogpt.config import GPTConfig
 
     folder = Path(folder)
     path = folder / "config.json"

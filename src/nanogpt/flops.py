@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from nanogpt.model import GPTConfig
+from nanogpt.config import GPTConfig
 
 # --------------------------------------------------------------------------------------------
 # FLOPs per token

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from nanogpt.errors import NanoGPTError
@@ -201,14 +200,14 @@ def generate_stream(
         raise NanoGPTError(f"idx must be a (batch, time) tensor with at least one token, got shape {tuple(idx.shape)}")
     if max_new_tokens <= 0:
         raise NanoGPTError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    bs = model.config.block_size
-    keep = _check_context_keep(context_keep, bs)
+    block_size = model.config.block_size
+    keep = _check_context_keep(context_keep, block_size)
     B, T0 = idx.shape
     # all tokens so far, written in place: (B, T0 + max_new_tokens)
     seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
     seq[:, :T0] = idx
     n = T0  # tokens in seq
-    start = max(0, T0 - bs)  # the prompt's tail when it is longer than the context
+    start = max(0, T0 - block_size)  # the prompt's tail when it is longer than the context
     cache = KVCache.for_model(model, B) if use_cache else None
 
     def forward(chunk: torch.Tensor) -> torch.Tensor:
@@ -228,7 +227,7 @@ def generate_stream(
             yield tok
             if step == max_new_tokens - 1:
                 break
-            new_start = window_start(start, n, bs, keep)
+            new_start = window_start(start, n, block_size, keep)
             if cache is None:
                 start = new_start
                 logits = forward(seq[:, start:n])
@@ -287,40 +286,23 @@ def generate(
     return torch.cat(out, dim=1)
 
 
-class RowLinear(nn.Linear):
-    """``nn.Linear`` that computes a single input row as a matrix-vector product.
-
-    The same math as :class:`torch.nn.Linear` with another kernel: a decode step with batch 1
-    multiplies one row by each weight matrix, and on CPUs PyTorch's bf16 ``addmv`` streams the
-    weights about 1.3x faster than its bf16 ``linear`` (which is no faster than fp32 there).
-    Inputs of more than one row (prefill, batches) take the ordinary path.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != x.size(-1):
-            return F.linear(x, self.weight, self.bias)
-        row = x.reshape(-1)  # (C_in,)
-        y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
-        return y.view(*x.shape[:-1], -1)  # (..., C_out)
-
-
 def prepare_for_sampling(model: GPT, dtype: torch.dtype) -> GPT:
-    """Put ``model`` in eval mode with its weights in ``dtype`` (in place; returns it).
+    """Put ``model`` in eval mode with its weights in ``dtype`` and decode kernels installed (in place; returns it).
 
     Sampling casts the weights rather than using autocast: one token per step reads every
     weight once, so bf16 weights halve the bytes read, while autocast would re-cast the fp32
-    weights at every step (3x slower than fp32 on our CPU). On CPU with bf16/fp16 weights the
-    Linear layers also become :class:`RowLinear` (same parameters and state dict, a faster
-    kernel for batch-1 decode steps); fp32 models are left exactly as they are.
+    weights at every step. The runtime then picks the decode kernels for this device and
+    dtype (``nanogpt.device.choose_kernels``); fp32 models keep the plain ones.
     """
+    from nanogpt.device import choose_kernels
+    from nanogpt.ops import apply_kernels
+
     model.eval()
     if model.lm_head.weight.dtype != dtype:
         model.to(dtype)
-    if dtype in (torch.bfloat16, torch.float16) and model.lm_head.weight.device.type == "cpu":
-        for module in model.modules():
-            if type(module) is nn.Linear:
-                module.__class__ = RowLinear  # parameters (and wte/lm_head tying) untouched
-    return model
+    device = model.lm_head.weight.device
+    cfg = model.config
+    return apply_kernels(model, choose_kernels(device, dtype, cfg.block_size, cfg.vocab_size, False, decode=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,12 @@
 Our parameter names are GPT-2's, so converting is: strip/add the ``transformer.`` prefix, drop
 GPT-2's causal-mask buffers (``attn.bias``, ``attn.masked_bias``), and transpose the four
 projection weights per block, which HF stores as ``Conv1D`` (in, out) rather than ``Linear``
-(out, in). Also the ``export`` subcommand: a run's checkpoint -> an HF GPT-2 folder.
+(out, in). This module knows the file format only: it reads and writes state dicts and
+configurations and never builds a model (``GPT.from_pretrained`` / ``save_pretrained`` do).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from nanogpt.errors import NanoGPTError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
 
 # Weights stored transposed in HF's Conv1D layout.
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -63,10 +63,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
         activation=_ACTIVATIONS[act],
     )
     args.update(overrides)
-    try:
-        return GPTConfig(**args)
-    except ValueError as e:
-        raise NanoGPTError(str(e)) from None
+    return GPTConfig(**args)
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -82,8 +79,8 @@ def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         raise NanoGPTError(f"cannot read {folder / 'pytorch_model.bin'} as plain weights: {e}") from None
 
 
-def hf_to_nanogpt_state(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
-    """Rename/transpose an HF GPT-2 state dict into our parameter layout."""
+def hf_to_nanogpt_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename/transpose an HF GPT-2 state dict into our parameter layout (without the tied lm_head)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"):
@@ -94,14 +91,45 @@ def hf_to_nanogpt_state(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, 
         if name.endswith(_CONV1D):
             value = value.t()
         out[name] = value.contiguous()
-    out["lm_head.weight"] = out["transformer.wte.weight"]
     return out
 
 
-def load_hf_gpt2(name_or_dir: str, **overrides: Any) -> GPT:
-    """GPT from a local HF GPT-2 folder, or (online) from a hub name such as 'gpt2-medium'.
+def gpt2_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight of ``GPT(config)`` in our layout, without the tied lm_head."""
+    C, V = config.n_embd, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.block_size, C)}
+    per_block = {"ln_1": (C,), "attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "ln_2": (C,),
+                 "mlp.c_fc": (4 * C, C), "mlp.c_proj": (C, 4 * C)}
+    for i in range(config.n_layer):
+        for name, shape in per_block.items():
+            shapes[f"transformer.h.{i}.{name}.weight"] = shape
+            if config.bias:
+                shapes[f"transformer.h.{i}.{name}.bias"] = (shape[0],)
+    shapes["transformer.ln_f.weight"] = (C,)
+    if config.bias:
+        shapes["transformer.ln_f.bias"] = (C,)
+    return shapes
 
-    ``overrides`` may change ``dropout`` (fine-tuning) or shrink ``block_size``.
+
+def _check_state(folder: Path, sd: dict[str, torch.Tensor], config: GPTConfig) -> None:
+    expected = gpt2_shapes(config)
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise NanoGPTError(
+            f"{folder} does not match its config.json: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+        )
+    for k, v in sd.items():
+        if tuple(v.shape) != expected[k]:
+            raise NanoGPTError(f"{folder}: weight {k} has shape {tuple(v.shape)}, config.json implies {expected[k]}")
+
+
+def read_gpt2(name_or_dir: str, **overrides: Any) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Configuration and weights (our layout, no lm_head) of a local HF GPT-2 folder or, online, a hub name.
+
+    ``overrides`` may change ``dropout`` (fine-tuning) or shrink ``block_size`` (the position
+    table is cut to its first rows).
     """
     folder = Path(name_or_dir)
     if not folder.is_dir():
@@ -116,24 +144,14 @@ def load_hf_gpt2(name_or_dir: str, **overrides: Any) -> GPT:
         raise NanoGPTError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
     block_size = overrides.pop("block_size", None)
     config = config_from_hf(hf_config, **{k: v for k, v in overrides.items() if k == "dropout"})
-    model = GPT(config)
-    sd = hf_to_nanogpt_state(_read_state_dict(folder), config.n_layer)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise NanoGPTError(
-            f"{folder} does not match its config.json: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
-        )
-    for k, v in sd.items():
-        if v.shape != expected[k].shape:
-            raise NanoGPTError(f"{folder}: weight {k} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}")
-    with torch.no_grad():
-        model.load_state_dict(sd)
+    sd = hf_to_nanogpt_state(_read_state_dict(folder))
+    _check_state(folder, sd, config)
     if block_size is not None and block_size != config.block_size:
-        model.crop_block_size(block_size)
-    return model
+        if not 0 < block_size <= config.block_size:
+            raise NanoGPTError(f"block_size must be in 1..{config.block_size} (the model's context), got {block_size}")
+        config = GPTConfig(**{**config.to_dict(), "block_size": block_size})
+        sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size].clone()
+    return config, sd
 
 
 def download_hf_gpt2(name: str) -> Path:
@@ -155,29 +173,21 @@ def download_hf_gpt2(name: str) -> Path:
     return Path(path)
 
 
-def nanogpt_to_hf_state(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights in HF GPT-2 layout (Conv1D transposes; biases of zeros where bias=False)."""
-    config = model.config
-    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+def nanogpt_to_hf_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our weights (a model's state dict) in HF GPT-2 layout: Conv1D transposes, zero biases where bias=False."""
     out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
+    for key, value in state.items():
         if key == "lm_head.weight":
             continue  # tied: HF re-ties it to wte on load
+        value = value.detach().to("cpu", torch.float32)
         if key.endswith(_CONV1D):
             value = value.t()
         out[key] = value.contiguous()
     if not config.bias:
         # GPT-2 always has biases; zeros compute the same function.
-        C = config.n_embd
-        for i in range(config.n_layer):
-            p = f"transformer.h.{i}."
-            out[p + "ln_1.bias"] = torch.zeros(C)
-            out[p + "ln_2.bias"] = torch.zeros(C)
-            out[p + "attn.c_attn.bias"] = torch.zeros(3 * C)
-            out[p + "attn.c_proj.bias"] = torch.zeros(C)
-            out[p + "mlp.c_fc.bias"] = torch.zeros(4 * C)
-            out[p + "mlp.c_proj.bias"] = torch.zeros(C)
-        out["transformer.ln_f.bias"] = torch.zeros(C)
+        for key, shape in gpt2_shapes(GPTConfig(**{**config.to_dict(), "bias": True})).items():
+            if key.endswith(".bias"):
+                out[key] = torch.zeros(shape)
     return out
 
 
@@ -208,41 +218,14 @@ def hf_config_dict(config: GPTConfig, eot_id: int | None = 50256) -> dict[str, A
     }
 
 
-def save_hf_gpt2(model: GPT, out_dir: str | os.PathLike, eot_id: int | None = 50256) -> Path:
-    """Write ``model`` as an HF GPT-2 folder (config.json + model.safetensors)."""
+def write_gpt2(config: GPTConfig, state: dict[str, torch.Tensor], out_dir: str | os.PathLike,
+               eot_id: int | None = 50256) -> Path:
+    """Write an HF GPT-2 folder (config.json + model.safetensors) from a model's config and state dict."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(nanogpt_to_hf_state(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    cfg = hf_config_dict(model.config, eot_id)
+    save_file(nanogpt_to_hf_state(config, state), str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = hf_config_dict(config, eot_id)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# nanogpt export RUN_DIR --to DIR
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a training run folder (runs/NAME)")
-    parser.add_argument("--to", required=True, metavar="DIR", help="output folder for the Hugging Face GPT-2 files")
-    parser.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint (default: best)")
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    from nanogpt.checkpoint import load_model
-
-    loaded = load_model(args.run_dir, which=args.which)
-    tok = loaded.tokenizer
-    eot = getattr(tok, "eot_id", None) if tok is not None else None
-    out = save_hf_gpt2(loaded.model, args.to, eot_id=eot)
-    if tok is not None and getattr(tok, "name", "") == "gpt2":
-        note = "the tokenizer is GPT-2's: load it with AutoTokenizer.from_pretrained('gpt2')"
-    elif tok is not None:
-        note = f"the tokenizer is '{tok.name}' (written beside the weights as nanogpt_tokenizer.json)"
-        (out / "nanogpt_tokenizer.json").write_text(json.dumps(tok.to_dict()) + "\n", encoding="utf-8")
-    else:
-        note = "no tokenizer information in the checkpoint"
-    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} ({loaded.model.num_params():,} parameters); {note}")
-    return 0

@@ -27,9 +27,10 @@ from nanogpt.config import (
     add_dataclass_args,
     preset_names,
 )
-from nanogpt.device import Runtime, setup_runtime, teardown_distributed
+from nanogpt.device import Runtime, prepare_model, setup_runtime, teardown_distributed
 from nanogpt.errors import NanoGPTError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import GPTConfig
+from nanogpt.model import GPT
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def train_step(
         sync = nullcontext() if (not ddp or i == n - 1) else model.no_sync()
         with sync:
             with runtime.autocast():
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)
             loss = loss / n  # gradients of the mean over all micro-batches
             total += loss.detach()
             if scaler is not None:
@@ -158,7 +159,7 @@ def estimate_loss(
         for k in range(cfg.run.eval_iters):
             x, y = loader.next_batch()
             with runtime.autocast():
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)
             losses[k] = loss.float()
         mean = losses.mean()
         if runtime.dist.enabled:
@@ -352,7 +353,7 @@ def _build_model(cfg: TrainConfig, data_vocab: int, explicit: set[str], log: Cal
         load_weights(model, ck.model_state)
         log(f"initialised from run {init} (iteration {ck.info.get('iter')})")
     elif (Path(init).is_dir() and hf.is_hf_dir(init)) or init in hf.HUB_NAMES:
-        model = hf.load_hf_gpt2(init, dropout=cfg.model.dropout)
+        model = GPT.from_pretrained(init, dropout=cfg.model.dropout)
         log(f"initialised from Hugging Face GPT-2 {init}")
     else:
         raise NanoGPTError(
@@ -621,18 +622,6 @@ def gather_loader_states(loader: Any, dist: Any) -> dict[str, Any]:
     return {str(r): s for r, s in enumerate(states)}
 
 
-def prepare_model(model: GPT, runtime: Runtime, seq_len: int, log: Callable[[str], None] = print) -> torch.nn.Module:
-    """Pick the attention kernel and loss path for this device, compile if asked; returns what to call.
-
-    Shared by training, ``nanogpt bench`` and the benchmarks, so they measure the same thing.
-    """
-    from nanogpt.device import attention_impl, loss_rows, maybe_compile
-
-    model.set_attention_impl(attention_impl(runtime.device, runtime.dtype, seq_len))
-    model.set_loss_rows(loss_rows(runtime.device, model.config.vocab_size, runtime.compile))
-    return maybe_compile(model, runtime.compile, log=log)
-
-
 def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], float | None] | None:
     try:
         from nanogpt import flops
@@ -664,9 +653,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", dest="run.init_from", default=argparse.SUPPRESS,
                         help="shorthand for --run.init_from (scratch | resume | gpt2... | HF folder | run folder)")
     parser.add_argument("--out-dir", dest="run.out_dir", default=argparse.SUPPRESS, help="shorthand for --run.out_dir")
-    from nanogpt.model import GPTConfig as _G
-
-    add_dataclass_args(parser, _G, "model")
+    add_dataclass_args(parser, GPTConfig, "model")
     add_dataclass_args(parser, DataConfig, "data")
     add_dataclass_args(parser, OptimConfig, "optim")
     add_dataclass_args(parser, RunConfig, "run")

@@ -1,0 +1,31 @@
+"""``nanogpt export``: a run's checkpoint -> a Hugging Face GPT-2 folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a training run folder (runs/NAME)")
+    parser.add_argument("--to", required=True, metavar="DIR", help="output folder for the Hugging Face GPT-2 files")
+    parser.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint (default: best)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    from nanogpt.checkpoint import load_model
+    from nanogpt.hf import write_gpt2
+
+    loaded = load_model(args.run_dir, which=args.which)
+    tok = loaded.tokenizer
+    eot = getattr(tok, "eot_id", None) if tok is not None else None
+    out = write_gpt2(loaded.model.config, loaded.model.state_dict(), args.to, eot_id=eot)
+    if tok is not None and getattr(tok, "name", "") == "gpt2":
+        note = "the tokenizer is GPT-2's: load it with AutoTokenizer.from_pretrained('gpt2')"
+    elif tok is not None:
+        note = f"the tokenizer is '{tok.name}' (written beside the weights as nanogpt_tokenizer.json)"
+        (out / "nanogpt_tokenizer.json").write_text(json.dumps(tok.to_dict()) + "\n", encoding="utf-8")
+    else:
+        note = "no tokenizer information in the checkpoint"
+    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} ({loaded.model.num_params():,} parameters); {note}")
+    return 0

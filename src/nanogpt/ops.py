@@ -1,0 +1,179 @@
+"""Faster kernels for pieces of the model's math, each computing what its reference in ``model.py`` computes.
+
+``model.py`` stays the plain reference. The runtime (``nanogpt.device``) decides once which of
+these pay on the device at hand and installs them on a built model from outside with
+:func:`apply_kernels`; the parameters and the state dict do not change, and each kernel has
+a test against its reference.
+
+* :class:`MatmulAttention` for :class:`~nanogpt.model.ScaledDotProductAttention`: the scores,
+  mask and softmax spelled out as matmuls. On CPUs torch's fused attention is slow for short
+  sequences in bf16. It also exposes the attention probabilities to hooks (``probs``), which
+  ``nanogpt inspect`` uses to draw attention maps.
+* :class:`ChunkedLinearCrossEntropy` for :class:`~nanogpt.model.LinearCrossEntropy`: the head
+  and the loss a block of rows at a time, never holding the float32 (B*T, V) logits.
+* :class:`RowLinear` for ``nn.Linear`` while decoding: one input row as a matrix-vector product.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from nanogpt.model import GPT, LinearCrossEntropy, ScaledDotProductAttention, causal_mask
+
+ATTENTION_KERNELS = ("sdpa", "matmul")
+
+
+class MatmulAttention(ScaledDotProductAttention):
+    """The same attention as torch's fused kernel, as two matmuls around a masked softmax.
+
+    The mask enters as an additive bias (0 where allowed, -inf elsewhere) and 1/sqrt(hs) as
+    the product's alpha, so one ``baddbmm`` makes the masked, scaled scores.
+    """
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__(dropout)
+        self.probs = nn.Identity()  # a hook point: its input is the attention weights (B, nh, Tq, Tk)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        B, nh, t_query, hs = q.shape
+        t_key = k.size(-2)
+        allowed = causal_mask(t_query, t_key, q.device)  # (Tq, Tk)
+        bias = torch.zeros(t_query, t_key, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+        q3, k3, v3 = (t.reshape(B * nh, -1, hs) for t in (q, k, v))  # (B*nh, T, hs)
+        att = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, Tq, Tk)
+        att = self.probs(F.softmax(att, dim=-1).view(B, nh, t_query, t_key)).view(B * nh, t_query, t_key)
+        if self.training and self.dropout > 0:
+            att = F.dropout(att, p=self.dropout)
+        return (att @ v3).view(B, nh, t_query, hs)  # (B, nh, Tq, hs)
+
+
+class _ChunkedLinearCrossEntropyFn(torch.autograd.Function):
+    """Mean cross-entropy of x @ weight^T against targets, a block of rows at a time.
+
+    Each block's float32 log-softmax gives its loss and is turned in place into the gradient
+    (softmax - onehot) / n, kept in the matmul dtype: one (N, V) tensor in all, none without
+    gradients. Backward multiplies it into the gradients of x and of the weight.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        # x: (N, C), weight: (V, C) in the matmul dtype; targets: (N,) int64, -1 = ignored
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        valid = targets != -1  # (N,)
+        n_valid = valid.sum().clamp(min=1)
+        safe = targets.clamp(min=0).unsqueeze(1)  # (N, 1): ignored rows point at id 0, masked below
+        grad = torch.empty(x.size(0), weight.size(0), dtype=x.dtype, device=x.device) if need_grad else None  # (N, V)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for s in range(0, x.size(0), rows):
+            e = min(s + rows, x.size(0))
+            # torch's fused log_softmax, not logsumexp, which is much slower on CPUs
+            logp = torch.log_softmax(x[s:e] @ weight.t(), dim=-1, dtype=torch.float32)  # (n, V)
+            total -= (logp.gather(1, safe[s:e]).squeeze(1) * valid[s:e]).sum()
+            if grad is not None:
+                p = logp.exp_()  # softmax, in place
+                p.scatter_add_(1, safe[s:e], -valid[s:e].unsqueeze(1).to(p.dtype))  # - onehot
+                p.mul_((valid[s:e].to(p.dtype) / n_valid).unsqueeze(1))  # mean over valid rows
+                grad[s:e] = p
+        if grad is not None:
+            ctx.save_for_backward(x, weight, grad)
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        x, weight, grad = ctx.saved_tensors
+        scale = grad_out.to(grad.dtype)
+        grad_x = (grad @ weight) * scale if ctx.needs_input_grad[0] else None  # (N, C)
+        grad_w = (grad.t() @ x) * scale if ctx.needs_input_grad[1] else None  # (V, C)
+        return grad_x, grad_w, None, None
+
+
+class ChunkedLinearCrossEntropy(LinearCrossEntropy):
+    """:class:`~nanogpt.model.LinearCrossEntropy` computed ``rows`` positions at a time.
+
+    The plain path holds the logits in the matmul dtype, again in float32, their log-softmax
+    and its gradient: four (N, V) tensors, whose memory-bound passes cost more than the head's
+    matmul on a CPU with a 50k vocabulary. Same loss (float32) and gradients.
+    """
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
+            raise ValueError(f"rows must be a positive integer, got {rows!r}")
+        self.rows = rows
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Under autocast the head's matmul runs in the autocast dtype, as F.linear would.
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        with torch.autocast(kind, enabled=False):
+            return _ChunkedLinearCrossEntropyFn.apply(
+                x.reshape(-1, x.size(-1)).to(dtype), weight.to(dtype), targets.reshape(-1), self.rows
+            )
+
+
+class RowLinear(nn.Linear):
+    """``nn.Linear`` that computes a single input row as a matrix-vector product.
+
+    A decode step with batch 1 multiplies one row by each weight matrix; on CPUs torch's bf16
+    ``mv``/``addmv`` streams the weights faster than its bf16 ``linear``. Inputs of more than one
+    row (prefill, batches) take the ordinary path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.size(-1):
+            return F.linear(x, self.weight, self.bias)
+        row = x.reshape(-1)  # (C_in,)
+        y = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
+        return y.view(*x.shape[:-1], -1)  # (..., C_out)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which kernels a model runs with; the defaults are model.py's plain references."""
+
+    attention: str = "sdpa"  # "sdpa" (model.py) or "matmul" (MatmulAttention)
+    loss_rows: int = 0  # 0: LinearCrossEntropy; > 0: ChunkedLinearCrossEntropy(loss_rows)
+    row_linear: bool = False  # decode: nn.Linear -> RowLinear
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}")
+        if isinstance(self.loss_rows, bool) or not isinstance(self.loss_rows, int) or self.loss_rows < 0:
+            raise ValueError(f"loss rows must be a non-negative integer, got {self.loss_rows!r}")
+
+
+def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
+    """Install ``kernels`` on ``model`` in place (and return it). Applying the defaults undoes the others.
+
+    Only parameter-free modules are replaced, and a Linear's class is switched in place, so
+    parameters, weight tying and the state dict are untouched.
+    """
+    attention = MatmulAttention if kernels.attention == "matmul" else ScaledDotProductAttention
+    for block in model.transformer.h:
+        old = block.attn.attend
+        if type(old) is not attention:
+            block.attn.attend = attention(old.dropout)
+            block.attn.attend.train(old.training)
+    model.head_loss = ChunkedLinearCrossEntropy(kernels.loss_rows) if kernels.loss_rows else LinearCrossEntropy()
+    linear = RowLinear if kernels.row_linear else nn.Linear
+    for module in model.modules():
+        if type(module) in (nn.Linear, RowLinear):
+            module.__class__ = linear
+    return model
+
+
+def kernels_of(model: GPT) -> Kernels:
+    """The kernels ``model`` runs with now."""
+    attend = model.transformer.h[0].attn.attend if len(model.transformer.h) else None
+    head = model.head_loss
+    return Kernels(
+        attention="matmul" if isinstance(attend, MatmulAttention) else "sdpa",
+        loss_rows=head.rows if isinstance(head, ChunkedLinearCrossEntropy) else 0,
+        row_linear=any(type(m) is RowLinear for m in model.modules()),
+    )
