@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import struct
+import subprocess
+import sys
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ import torch
 
 from nanogpt import data as D
 from nanogpt.cli import main
+from nanogpt.data import corpora, preparation
 from nanogpt.errors import NanoGPTError
 from nanogpt.tokenizer import get_gpt2_tokenizer
 
@@ -194,7 +199,7 @@ def test_tinyshakespeare_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
     def offline(*a, **k):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(D.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(corpora.urllib.request, "urlopen", offline)
     code, _, err = run_cli(capsys, "prepare", "tinyshakespeare", "--out", str(tmp_path / "ts"))
     assert_one_line_error(code, err, "cannot download tinyshakespeare", "--input PATH", "'shakespeare'")
     assert not (tmp_path / "ts").exists()
@@ -214,7 +219,7 @@ def test_tinyshakespeare_download_is_checked_and_cached(tmp_path, monkeypatch):
         def read(self):
             return body["data"]
 
-    monkeypatch.setattr(D.urllib.request, "urlopen", lambda url, timeout: Response())
+    monkeypatch.setattr(corpora.urllib.request, "urlopen", lambda url, timeout: Response())
     with pytest.raises(NanoGPTError, match="is not tiny Shakespeare"):
         D.tinyshakespeare_text()
     fake = "First Citizen:\n" + "x" * (D.TINYSHAKESPEARE_CHARS - 15)
@@ -276,7 +281,7 @@ def test_prepare_folder_gpt2_per_document_split(tmp_path, capsys):
 
 
 def test_prepare_gpt2_tokens_do_not_depend_on_workers(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_UNIT_CHARS", 2000)  # many units even for a small corpus
+    monkeypatch.setattr(preparation, "_UNIT_CHARS", 2000)  # many units even for a small corpus
     rng = random.Random(1)
     for i in range(12):
         write(tmp_path / "c" / f"{i}.txt", " ".join(rng.choice(["thee", "thou", "日本", "😀", "art\n"]) for _ in range(900)))
@@ -332,7 +337,7 @@ def test_prepare_hf_dataset_streamed(tmp_path, monkeypatch):
         calls.append(name)
         return iter(rows)
 
-    monkeypatch.setattr(D, "_load_hf_stream", fake_stream)
+    monkeypatch.setattr(corpora, "_load_hf_stream", fake_stream)
     meta = D.prepare(["fineweb-edu"], str(tmp_path / "fw"), tokenizer="gpt2", max_documents=50,
                      workers=1, progress=False)
     assert calls == ["fineweb-edu"]
@@ -346,7 +351,7 @@ def test_prepare_hf_dataset_streamed(tmp_path, monkeypatch):
 def test_hf_dataset_without_datasets_package(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)
     with pytest.raises(NanoGPTError, match="pip install datasets"):
-        D._load_hf_stream("openwebtext")
+        corpora._load_hf_stream("openwebtext")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -546,3 +551,21 @@ def test_loader_split_too_short():
     with pytest.raises(NanoGPTError, match=r"val split is 64 tokens, shorter than block_size \+ 1 = 65; lower --model.block_size"):
         D.BatchLoader(np.arange(64), block_size=64, batch_size=2, seed=0, name="val split")
     D.BatchLoader(np.arange(65), block_size=64, batch_size=2, seed=0).next_batch()  # exactly enough
+
+
+# --------------------------------------------------------------------------------------------
+# The package's layers
+
+
+def test_loader_does_not_import_the_prepare_pipeline():
+    code = "import sys, nanogpt.data.loader; print(sorted(m for m in sys.modules if m.startswith('nanogpt.data')))"
+    env = {**os.environ, "PYTHONPATH": str(Path(D.__file__).parents[2])}  # this checkout's nanogpt
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "['nanogpt.data', 'nanogpt.data.format', 'nanogpt.data.loader']"
+
+
+def test_package_names_are_the_submodules_functions():
+    assert D.prepare is preparation.prepare  # the function, though the pipeline's module is loaded
+    assert D.read_text_file is corpora.read_text_file and D.BatchLoader.__module__ == "nanogpt.data.loader"
+    with pytest.raises(AttributeError, match="no attribute 'resolve_source'"):
+        D.resolve_source

@@ -147,7 +147,7 @@ class EvalResult:
 
 def _tokens_of_text(path: Path, tokenizer: Any) -> np.ndarray:
     """The token stream of a text file, led by end-of-text when the tokenizer has one."""
-    from nanogpt.data import read_text_file
+    from nanogpt.data.corpora import read_text_file
 
     text = read_text_file(path)
     if not text:
@@ -181,7 +181,7 @@ def evaluate(
 ) -> EvalResult:
     """Load ``source`` and score ``data`` (a prepared folder's ``split`` or a UTF-8 text file)."""
     from nanogpt.checkpoint import load_model
-    from nanogpt.data import load_prepared
+    from nanogpt.data.loader import load_prepared
     from nanogpt.device import dtype_name, setup_runtime
 
     if max_tokens is not None and max_tokens < 2:

@@ -145,7 +145,7 @@ def estimate_loss(
     Each evaluation draws the same batches (its own loader with a fixed seed), so successive
     evaluations compare like with like and training's random streams are left untouched.
     """
-    from nanogpt.data import BatchLoader
+    from nanogpt.data.loader import BatchLoader
 
     was_training = model.training
     model.eval()
@@ -305,7 +305,7 @@ def default_preset(device: torch.device) -> str:
 
 def ensure_dataset(cfg: TrainConfig, is_main: bool, log: Callable[[str], None]) -> None:
     """Prepare the dataset folder first if it is missing and the config says from what."""
-    from nanogpt.data import prepare
+    from nanogpt.data.preparation import prepare
 
     folder = Path(cfg.data.dataset)
     if (folder / "meta.json").is_file():
@@ -389,7 +389,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Callable[[str
 
 def _train(cfg: TrainConfig, runtime: Runtime, explicit: set[str], log_fn: Callable[[str], None] | None) -> TrainResult:
     from nanogpt.checkpoint import atomic_write_text, load_checkpoint, load_weights, save_checkpoint
-    from nanogpt.data import BatchLoader, load_prepared
+    from nanogpt.data.loader import BatchLoader, load_prepared
 
     dist, device = runtime.dist, runtime.device
     is_main = dist.is_main
