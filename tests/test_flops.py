@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -154,6 +155,27 @@ def test_cpu_peak_measured_once_and_cached(tmp_path, monkeypatch):
     assert calls == [torch.bfloat16, torch.float32]
 
 
+def test_cpu_probe_keeps_the_best_timed_call(monkeypatch):
+    # A clock that advances 0.5 s per reading makes every timed call take exactly 0.5 s, so
+    # the probe's result and its number of calls are exact, whatever the machine's speed.
+    clock = iter(0.5 * i for i in range(1000))
+    monkeypatch.setattr(flops, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(flops, "_PROBE_SHAPES", [(4, 3, 5), (6, 2, 7)])
+    calls = []
+    real_linear = torch.nn.functional.linear
+
+    def counting_linear(x, w):
+        calls.append((tuple(x.shape), tuple(w.shape), x.dtype))
+        return real_linear(x, w)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting_linear)
+    peak = flops.measure_cpu_peak(torch.bfloat16, seconds_per_shape=0.0)
+    # per shape: one untimed warm-up call, then the two timed calls a zero budget still makes
+    assert calls == [((4, 3), (5, 3), torch.bfloat16)] * 3 + [((6, 2), (7, 2), torch.bfloat16)] * 3
+    assert peak == max(2 * 4 * 3 * 5, 2 * 6 * 2 * 7) / 0.5  # the best call's 2*M*K*N FLOPs / s
+
+
+@pytest.mark.perf
 def test_real_cpu_probe_is_positive_and_quick():
     import time
 

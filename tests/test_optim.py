@@ -113,9 +113,12 @@ def _final_loss(name: str, steps: int = 30) -> tuple[float, float]:
     return losses[0], losses[-1]
 
 
-def test_muon_learns_faster_than_adamw_on_a_tiny_model():
+def test_muon_reaches_a_lower_loss_than_adamw_in_30_steps():
+    # Fixed seeds and step count: deterministic, and not about speed. Measured 0.73 (Muon) vs
+    # 0.98 (AdamW) from 2.59; float-kernel differences (1 vs 2 threads) move Muon's by 0.002,
+    # and other seeds give ratios 0.62-0.74, so the 0.85 bound holds on any CPU.
     first, muon = _final_loss("muon")
     first_adamw, adamw = _final_loss("adamw")
     assert first == first_adamw  # same model, same batch
     assert muon < 0.3 * first
-    assert muon < 0.85 * adamw  # measured: 0.73 vs 0.98
+    assert muon < 0.85 * adamw

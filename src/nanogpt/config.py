@@ -119,10 +119,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 # --------------------------------------------------------------------------------------------
 # The model's shape
 
@@ -353,30 +349,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "run.out_dir": "runs/shakespeare-char", "run.max_iters": 5000, "run.eval_interval": 250,
         "run.eval_iters": 200, "run.log_interval": 10,
     },
-    # Tuned for a 2-core CPU: the lowest validation loss we reached in 5 minutes of training
-    # (benchmarks/shakespeare_cpu.py, tiny Shakespeare). The schedule follows the time budget,
-    # so the run takes 5 minutes on any machine, and `--run.max_seconds 20` is a sound short run.
-    # Measured choices (val loss; "@200" = after 200 iterations, else at 300 s):
-    # - Muon for the blocks' matrices: 1.99 vs AdamW's 2.32 @110; momentum 0.9 over 0.95
-    #   (1.880 vs 1.914 @200), muon_lr 0.065 (0.05: 1.857, 0.08: 1.901 @200).
-    # - Muon weight decay 0.05 (0: 1.529, 0.1: 1.496, 0.2: 1.534 at 300 s): the model sees the
-    #   1 MB of text ~5 times and overfits (train 1.23 vs val 1.49 at the end).
-    # - batch 32 over 64: twice the steps for the same tokens, at ~10% fewer tokens/s.
-    # - linear decay over cosine (1.857 vs 1.880 @200); warmup 10 over 50.
-    # - exact GELU (torch's tanh-GELU kernel is 2.7x slower on CPU), no biases (the same loss,
-    #   fewer kernels), no dropout (CPU dropout masks cost more time than they give back),
-    #   block 64 over 128 (1.573 vs 1.593 with AdamW at 300 s).
-    # - Tried and worse @160 (this preset 1.910): relu(x)^2 MLP 1.988, zero-initialised
-    #   projections 1.938, untied head 1.933, 4 Newton-Schulz steps 1.923 (for ~4% less time).
-    # - AdamW beta1 0.8 (embeddings, gains): 1.867 vs 0.9's 1.879 @180 (mean of 3 seeds); the same
-    #   after 2400 iterations (1.4908 vs 1.4899). 0.7: 1.873; beta2 0.95: 1.871; embeddings at 1.5x
-    #   lr: 1.882; muon_lr 0.055/0.075: 1.868/1.886; lr 3e-3/5e-3: 1.874/1.880; Muon momentum 0.85: 1.874.
-    # - Newton-Schulz steps @180 (beta1 0.8): 3: 1.942, 4: 1.885, 5: 1.867, 6: 1.864 (for ~6% more
-    #   time). Per-step minimax coefficients (the "Polar Express" idea, derived by Remez exchange;
-    #   closer to orthogonal in bf16) measured no better: 4 steps 1.885, 5 steps 1.875 vs 1.871 for
-    #   5 fixed ones (6 seeds), so they were not kept.
-    # - 2 layers x 256 is faster per step and better at 20 s (1.83-1.87) but not at 300 s (1.511;
-    #   after 3000 iterations 1.5135, with Muon wd 0.1 1.520, with dropout 0.1 1.619).
+    # The best validation loss on tiny Shakespeare within 5 minutes on a 2-core CPU; the schedule
+    # follows the time budget (`--run.max_seconds 20` is a sound short run). Why each setting and
+    # the measured alternatives: benchmarks/README.md, "shakespeare-char-cpu: measured alternatives".
     "shakespeare-char-cpu": {
         "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192, "model.block_size": 64,
         "model.dropout": 0.0, "model.activation": "gelu", "model.bias": False,

@@ -310,7 +310,7 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype) -> float | None:
     """Peak dense matmul FLOP/s of ``device`` in ``dtype``; None when it is not known.
 
     CUDA/ROCm: from ``PEAK_FLOPS`` by ``torch.cuda.get_device_name``. CPU: measured once by
-    :func:`cpu_peak_flops` (a few hundred ms) and cached. Anything else (MPS, ...): None.
+    :func:`cpu_peak_flops` (about a second per dtype) and cached. Anything else (MPS, ...): None.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -346,11 +346,3 @@ def format_mfu(value: float | None) -> str:
     if value is None:
         return "MFU: unknown peak"
     return f"MFU: {100.0 * value:.1f}%"
-
-
-def format_flops(value: float) -> str:
-    """A FLOP count or rate with an SI prefix: 1.23e12 -> '1.23 T'."""
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g} "
