@@ -4,13 +4,16 @@ Every entry point (train, sample, eval, bench) calls :func:`setup_runtime` or th
 helpers here, so the rules below live in one place:
 
 * device: cuda > mps > cpu, unless asked.
-* dtype: bfloat16 autocast on CUDA GPUs with bf16, and on CPUs with AVX-512 BF16 or AMX (the
-  training step of the 6-layer char model measured 1.9-2.9x faster than fp32 on our 2-core AMX
-  CPU); float16 + GradScaler only on CUDA without bf16; float32 otherwise.
-* compile: on by default on CUDA; off on CPU/MPS unless asked (on our CPU the compiled training
-  step was 1.11x eager bf16 at the median, 0.8-1.7x round to round, and took 29-70 s to compile:
-  longer than a 20 s training budget).
+* dtype: bfloat16 autocast on CUDA GPUs with bf16, and on CPUs with AVX-512 BF16 or AMX, where
+  the matrix units make bf16 steps several times faster; float16 + GradScaler only on CUDA
+  without bf16; float32 otherwise.
+* compile: on by default on CUDA; off on CPU/MPS unless asked (on CPUs it gained little and
+  takes longer to compile than a short training budget).
+* kernels: which of ``nanogpt.ops`` replace the model's plain pieces (:func:`choose_kernels`),
+  installed from outside by :func:`prepare_model` and ``generate.prepare_for_sampling``.
 * memory allocator (CPU, glibc): keep freed memory for reuse (:func:`keep_freed_memory`).
+
+The measurements behind these choices are in ``benchmarks/README.md`` ("Runtime choices").
 """
 
 from __future__ import annotations
@@ -275,11 +278,9 @@ def keep_freed_memory() -> str:
     A training step on a CPU allocates and frees the same activation-sized blocks every
     iteration. glibc serves blocks above its mmap threshold with fresh pages from the kernel and
     trims the heap's free top after frees, so each step page-faults and zeroes those megabytes
-    again: ~15,000 page faults per step of the 4x192 CPU preset. Raising the mmap threshold to
-    glibc's maximum (32 MiB) and the trim threshold to 1 GiB keeps the blocks in the heap: page
-    faults fell 5.7x and the preset's step became 1.23x faster (median of 4 alternating process
-    pairs: 1.08-1.42x). The cost: the process keeps its peak heap until it exits, which a
-    training process does anyway. Process-wide and idempotent; set NANOGPT_KEEP_FREED_MEMORY=0
+    again. Raising the mmap threshold to glibc's maximum (32 MiB) and the trim threshold to
+    1 GiB keeps the blocks in the heap. The cost: the process keeps its peak heap until it
+    exits, which a training process does anyway. Process-wide and idempotent; set NANOGPT_KEEP_FREED_MEMORY=0
     to leave the allocator alone. No-op on other C libraries (macOS, musl, Windows).
     """
     global _allocator_note
