@@ -60,8 +60,8 @@ def causal_mask(t_query: int, t_key: int, device: torch.device | str | None = No
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits (..., V) against targets (...); targets of -1 are ignored.
 
-    Computed in float32 even under bf16 autocast: the log-sum-exp over 50k logits loses too
-    much precision in bf16.
+    Computed in float32 whatever the logits' precision: a log-sum-exp over 50k logits loses too
+    much in 16-bit floats.
     """
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
