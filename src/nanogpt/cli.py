@@ -21,7 +21,7 @@ from nanogpt.errors import NanoGPTError
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("nanogpt.data.preparation", "tokenize a corpus into token files (built-in Shakespeare, text files, folders, HF datasets)"),
     "train": ("nanogpt.train", "train or fine-tune a model (no arguments: the built-in Shakespeare on this device)"),
-    "sample": ("nanogpt.generate", "generate text from a run, a Hugging Face GPT-2 folder or a hub name"),
+    "sample": ("nanogpt.sample", "generate text from a run, a Hugging Face GPT-2 folder or a hub name"),
     "eval": ("nanogpt.evaluate", "loss, perplexity and bits-per-byte of a model on a dataset or text file"),
     "bench": ("nanogpt.bench", "measure training and sampling speed, FLOP/s and MFU on this device"),
     "inspect": ("nanogpt.explain", "explain a configuration: shapes, parameters, FLOPs, memory, attention maps"),

@@ -1,7 +1,7 @@
 """Text generation: the KV cache, sampling (temperature / top-k / top-p), ``generate()``, and
-the ``nanogpt sample`` command.
+text streams with stop strings. The ``nanogpt sample`` command is in ``nanogpt.sample``.
 
-The cache lives here, outside the model math: :class:`KVCache` implements the protocol that
+The cache lives here, outside the model math: :class:`KVCache` is the ``KeyValueStore`` that
 :meth:`nanogpt.model.GPT.forward` accepts. Generation with the cache prefills the prompt in one
 forward pass and then feeds one token per step; without it (``use_cache=False``) every step
 re-runs the whole context window, which is the reference the cached path is tested against.
@@ -22,10 +22,7 @@ context right after each re-fill (llama.cpp's context shift makes the same trade
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
 
 import torch
@@ -164,7 +161,7 @@ def window_start(start: int, length: int, block_size: int, context_keep: int) ->
     return start
 
 
-def _check_context_keep(context_keep: int | None, block_size: int) -> int:
+def check_context_keep(context_keep: int | None, block_size: int) -> int:
     if context_keep is None:
         return max(block_size // 2, 1)
     keep = context_keep
@@ -201,7 +198,7 @@ def generate_stream(
     if max_new_tokens <= 0:
         raise NanoGPTError(f"max_new_tokens must be positive, got {max_new_tokens}")
     block_size = model.config.block_size
-    keep = _check_context_keep(context_keep, block_size)
+    keep = check_context_keep(context_keep, block_size)
     B, T0 = idx.shape
     # all tokens so far, written in place: (B, T0 + max_new_tokens)
     seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -451,128 +448,3 @@ def sample_text(
         if piece and on_text is not None:
             on_text(piece)
     return [s.text for s in streams]
-
-
-# --------------------------------------------------------------------------------------------
-# The `nanogpt sample` command
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face GPT-2 folder, or a hub name (gpt2, ...)")
-    g = parser.add_argument_group("prompt")
-    g.add_argument("--prompt", default=None, help="text to continue (default: empty = start from end-of-text or a newline)")
-    g.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file instead")
-    g = parser.add_argument_group("sampling")
-    g.add_argument("--num-samples", type=int, default=1, help="samples to generate, together as one batch (default: 1)")
-    g.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample (default: 500)")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 more random (default: 0.8)")
-    g.add_argument("--top-k", type=_top_k_arg, default=200, help="keep only the k most likely tokens, k >= 1, or 'off' (default: 200)")
-    g.add_argument("--top-p", type=float, default=None, help="keep the smallest set of tokens whose probability reaches p, in (0, 1]")
-    g.add_argument("--seed", type=int, default=1337, help="random seed for sampling (default: 1337)")
-    g.add_argument("--stop", nargs="+", default=[], metavar="TEXT", help="stop a sample when it produces any of these strings (cut there)")
-    g.add_argument(
-        "--context-keep",
-        type=int,
-        default=None,
-        help="tokens kept when a long sample fills the context (default: block_size / 2; block_size = slide one token at a time, slowest)",
-    )
-    g.add_argument("--no-cache", action="store_true", help="re-run the whole context every step (the slow reference path)")
-    g = parser.add_argument_group("output and runtime")
-    g.add_argument("--stream", action="store_true", help="print the text as it is generated (one sample)")
-    from nanogpt.device import add_runtime_args
-
-    add_runtime_args(g, "weights' dtype while sampling (auto: bfloat16 where the hardware has fast bf16, else float32)")
-
-
-def _top_k_arg(text: str) -> int | None:
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'off', got {text!r}") from None
-
-
-def _read_prompt(args: argparse.Namespace) -> str:
-    if args.prompt is not None and args.prompt_file is not None:
-        raise NanoGPTError("give either --prompt or --prompt-file, not both")
-    if args.prompt_file is not None:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise NanoGPTError(f"prompt file {path} does not exist")
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise NanoGPTError(f"prompt file {path} is not UTF-8 text") from None
-    return args.prompt or ""
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    from nanogpt.checkpoint import load_model
-    from nanogpt.device import dtype_name, setup_runtime
-
-    def info(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    if args.max_new_tokens <= 0:
-        raise NanoGPTError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    if args.num_samples <= 0:
-        raise NanoGPTError(f"--num-samples must be positive, got {args.num_samples}")
-    top_k = args.top_k
-    try:
-        SamplingParams(args.temperature, top_k, args.top_p)
-    except NanoGPTError as e:
-        raise NanoGPTError(f"--{e}") from None
-    if args.stream and args.num_samples != 1:
-        raise NanoGPTError("--stream shows one sample; use --num-samples 1 with --stream")
-    prompt = _read_prompt(args)
-
-    runtime = setup_runtime(args.device, args.dtype, "false")
-    if runtime.dtype is torch.float16 and runtime.device.type == "cpu":
-        raise NanoGPTError("float16 is not supported on CPU; use --dtype bfloat16 or float32")
-    loaded = load_model(args.source, runtime.device)
-    if loaded.tokenizer is None:
-        raise NanoGPTError(f"{args.source} does not say which tokenizer it was trained with, so its tokens cannot be read as text")
-    model = prepare_for_sampling(loaded.model, runtime.dtype)
-    bs = model.config.block_size
-    keep = _check_context_keep(args.context_keep, bs) if args.context_keep is not None else None
-
-    ids, note = encode_prompt(loaded.tokenizer, prompt)
-    if note:
-        info(f"note: {note}")
-    if len(ids) > bs:
-        info(f"note: the prompt is {len(ids)} tokens, longer than the model's context of {bs}; keeping its last {bs} tokens")
-        ids = ids[-bs:]
-    info(f"sampling from {args.source} on {runtime.device}, weights in {dtype_name(runtime.dtype)} ({runtime.dtype_reason})")
-
-    gen = torch.Generator(device=runtime.device)
-    gen.manual_seed(args.seed)
-    common = dict(
-        num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=top_k,
-        top_p=args.top_p,
-        generator=gen,
-        stop=args.stop,
-        use_cache=not args.no_cache,
-        context_keep=keep,
-    )
-    if args.stream:
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-
-        def show(piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
-        sample_text(model, loaded.tokenizer, ids, on_text=show, **common)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        return 0
-    texts = sample_text(model, loaded.tokenizer, ids, **common)
-    for i, text in enumerate(texts):
-        if i:
-            print("---------------")
-        print(prompt + text)
-    return 0
