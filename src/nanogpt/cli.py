@@ -19,7 +19,7 @@ from nanogpt.errors import NanoGPTError
 
 # name -> (module, one-line help). The one place subcommands are registered.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("nanogpt.data.preparation", "tokenize a corpus into token files (built-in Shakespeare, text files, folders, HF datasets)"),
+    "prepare": ("nanogpt.prepare", "tokenize a corpus into token files (built-in Shakespeare, text files, folders, HF datasets)"),
     "train": ("nanogpt.train", "train or fine-tune a model (no arguments: the built-in Shakespeare on this device)"),
     "sample": ("nanogpt.sample", "generate text from a run, a Hugging Face GPT-2 folder or a hub name"),
     "eval": ("nanogpt.evaluate", "loss, perplexity and bits-per-byte of a model on a dataset or text file"),
