@@ -4,7 +4,7 @@
 
 GPT-2 small (12 layers, 12 heads, 768 wide, vocab 50304, block 1024), bfloat16 autocast,
 torch.compile, fused AdamW and flash attention (SDPA), on one fixed batch of random tokens:
-the training step is ``nanogpt.train.train_step`` with ``configure_optimizer``, exactly what
+the training step is ``nanogpt.trainer.train_step`` with ``nanogpt.optim.configure_optimizer``, exactly what
 ``nanogpt train`` runs. It times an eager window and then a compiled window of the same model,
 and reports ms/step, tokens/s, achieved TFLOP/s and MFU against the card's dense bf16 peak
 (``nanogpt.flops``). Results go to benchmarks/results/gpu_train.json and .md.
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     from nanogpt.config import OptimConfig
     from nanogpt.device import device_label, dtype_name, maybe_compile, setup_runtime
     from nanogpt.model import GPT, GPTConfig
-    from nanogpt.train import configure_optimizer, train_step
+    from nanogpt.optim import configure_optimizer
+    from nanogpt.trainer import train_step
 
     if a.smoke:
         cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512, dropout=0.0)

@@ -44,7 +44,8 @@ from nanogpt.config import OptimConfig
 from nanogpt.device import device_label, setup_runtime
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.device import prepare_model
-from nanogpt.train import configure_optimizer, train_step
+from nanogpt.optim import configure_optimizer
+from nanogpt.trainer import train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

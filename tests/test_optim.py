@@ -1,14 +1,21 @@
-"""Muon (nanogpt.optim): the orthogonalisation, the update rule, the AdamW half, the groups."""
+"""nanogpt.optim: Muon (the orthogonalisation, the update rule, the AdamW half, the groups),
+configure_optimizer and the learning-rate schedule lr_at."""
+
+import math
 
 import pytest
 import torch
 
-from nanogpt.config import OptimConfig
+from nanogpt.config import GPTConfig, OptimConfig
 from nanogpt.errors import NanoGPTError
-from nanogpt.config import GPTConfig
 from nanogpt.model import GPT
-from nanogpt.optim import Muon, muon_param_groups, orthogonalize
-from nanogpt.train import configure_optimizer
+from nanogpt.optim import (
+    Muon,
+    configure_optimizer,
+    lr_at,
+    muon_param_groups,
+    orthogonalize,
+)
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (48, 48)])
@@ -122,3 +129,28 @@ def test_muon_reaches_a_lower_loss_than_adamw_in_30_steps():
     assert first == first_adamw  # same model, same batch
     assert muon < 0.3 * first
     assert muon < 0.85 * adamw
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        # lr 1.0, min_lr 0.2, warmup 4 (0.25, 0.5, 0.75, 1.0), decay over iterations 4..24
+        ("cosine", {0: 0.25, 3: 1.0, 4: 1.0, 9: 0.2 + 0.4 * (1 + math.sqrt(0.5)), 14: 0.6, 24: 0.2, 99: 0.2}),
+        ("linear", {0: 0.25, 3: 1.0, 4: 1.0, 9: 0.8, 14: 0.6, 19: 0.4, 24: 0.2, 99: 0.2}),
+        ("wsd", {0: 0.25, 3: 1.0, 9: 1.0, 14: 1.0, 19: 0.6, 24: 0.2, 99: 0.2}),  # decay_frac 0.5: the last half
+        ("constant", {0: 0.25, 2: 0.75, 3: 1.0, 14: 1.0, 99: 1.0}),
+    ],
+)
+def test_lr_at_exact_values(schedule, expected):
+    o = OptimConfig(lr=1.0, min_lr=0.2, warmup_iters=4, schedule=schedule, decay_frac=0.5)
+    got = {it: lr_at(it, o, max_iters=24) for it in expected}
+    assert got == {it: pytest.approx(v, rel=1e-12, abs=1e-15) for it, v in expected.items()}
+
+
+def test_lr_at_decay_end_and_time_budget():
+    o = OptimConfig(lr=1.0, min_lr=0.2, warmup_iters=4, schedule="linear", lr_decay_iters=14)
+    assert lr_at(9, o, max_iters=1000) == pytest.approx(0.6, rel=1e-12)  # halfway from 4 to 14
+    assert lr_at(14, o, max_iters=1000) == pytest.approx(0.2, rel=1e-12)
+    # the time budget is further along than the iterations: it sets the progress
+    assert lr_at(5, o, max_iters=1000, time_frac=0.75) == pytest.approx(0.4, rel=1e-12)
+    assert lr_at(2, o, max_iters=1000, time_frac=0.75) == pytest.approx(0.75, rel=1e-12)  # warmup ignores it

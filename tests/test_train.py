@@ -99,6 +99,52 @@ def test_exact_resume_bit_for_bit(tmp_path, char_data, optimizer):
     assert part1 + part2 == full  # exact float equality, step by step
 
 
+@pytest.mark.parametrize("init", ["scratch", "hf"])
+def test_train_leaves_the_callers_config_unchanged(tmp_path, char_data, init):
+    """The run resolves its own model config (the dataset's vocabulary, a pretrained model's shape)."""
+    import copy
+
+    from nanogpt.config import GPTConfig
+    from nanogpt.model import GPT
+
+    extra = {"run.max_iters": 2, "run.eval_interval": 2}
+    if init == "hf":
+        GPT(GPTConfig(block_size=64, vocab_size=100, n_layer=2, n_head=2, n_embd=32)).save_pretrained(str(tmp_path / "hf"))
+        extra["run.init_from"] = str(tmp_path / "hf")
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **extra)
+    before = copy.deepcopy(cfg)
+    train(cfg, explicit)
+    assert cfg == before and cfg.model.vocab_size == 50257  # the default, not the data's or the base model's
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    from nanogpt.data.loader import load_prepared
+
+    data_vocab = load_prepared(str(char_data)).tokenizer.vocab_size
+    assert data_vocab < 100 and saved["vocab_size"] == (data_vocab if init == "scratch" else 100)
+    assert saved["block_size"] == 32
+
+
+def test_trainer_resumes_at_the_checkpoint_iteration(tmp_path, char_data):
+    """A Trainer built on a run folder continues from its last checkpoint: iteration, counters, no re-evaluation."""
+    from nanogpt.device import setup_runtime
+    from nanogpt.trainer import Trainer
+
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 7, "run.eval_interval": 5})
+    first = train(cfg, explicit)
+    again, _ = cfg_for(char_data, tmp_path / "run", **{"run.init_from": "resume", "run.max_iters": 10})
+    trainer = Trainer(again, setup_runtime("cpu", "float32", "false"), {"run.init_from", "run.max_iters"}, log=lambda s: None)
+    try:
+        assert (trainer.iter, trainer.start_iter, trainer.train_time) == (7, 7, first.train_time)
+        assert trainer.tokens_seen == 7 * TINY["data.batch_size"] * TINY["model.block_size"]
+        assert trainer.best_val == first.best_val and trainer.cfg.run.max_iters == 10
+        trainer.step()
+        assert trainer.iter == 8
+    finally:
+        trainer.close()
+    result = Trainer(again, setup_runtime("cpu", "float32", "false"), {"run.init_from", "run.max_iters"},
+                     log=lambda s: None).run()
+    assert result.iter == 10 and len(result.losses) == 3 and [e["iter"] for e in result.evals] == [10]
+
+
 def test_checkpoint_has_clean_names_and_no_pickle_weights(tmp_path, char_data):
     cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 5, "run.eval_interval": 5})
     train(cfg, explicit)
@@ -177,7 +223,7 @@ def test_finetune_from_hf_folder(tmp_path, char_data):
 
 def test_non_finite_loss_stops_with_checkpoint_intact(tmp_path, char_data, monkeypatch):
     cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 20, "run.eval_interval": 5})
-    import nanogpt.train as tr
+    import nanogpt.trainer as tr
 
     real = tr.train_step
     n = {"i": 0}

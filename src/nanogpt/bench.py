@@ -3,8 +3,8 @@
 What is measured, so that a sceptic can rerun it:
 
 * Training: ``warmup`` steps (compilation, allocator and oneDNN/cuBLAS warm-up), then ``steps``
-  full optimizer steps of the real training step (``nanogpt.train.train_step``: forward,
-  backward, gradient clipping, AdamW from ``configure_optimizer``) on one fixed batch of random
+  full optimizer steps of the real training step (``nanogpt.trainer.train_step``: forward,
+  backward, gradient clipping, AdamW from ``nanogpt.optim.configure_optimizer``) on one fixed batch of random
   tokens, so data loading is not part of it. ms/step is the wall time of the measured window
   (ended by a CUDA synchronize; steps are not synchronized one by one, which would idle the GPU)
   divided by the steps, with the median and fastest single step beside it.
@@ -214,7 +214,8 @@ def run_bench(
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
     from nanogpt.device import prepare_model
-    from nanogpt.train import configure_optimizer, train_step
+    from nanogpt.optim import configure_optimizer
+    from nanogpt.trainer import train_step
 
     runtime = setup_runtime(opts.device, opts.dtype, opts.compile)
     device = runtime.device

@@ -12,13 +12,20 @@ the Muon ones) so that checkpoints, exact resume, gradient scaling and the learn
 schedule treat it like AdamW. Each group may carry ``lr_scale``: the training loop sets
 ``group["lr"] = schedule_lr * lr_scale``, so Muon's larger learning rate follows the same
 warmup and decay as AdamW's.
+
+The optimizer and its schedule live together here: :func:`configure_optimizer` builds the one
+a run uses (AdamW, or Muon with ``optim.name == "muon"``) and :func:`lr_at` gives the learning
+rate of each iteration. Training, ``nanogpt bench`` and the benchmarks all take them from here.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import torch
+
+from nanogpt.config import OptimConfig
 
 # Coefficients of the quintic iteration x <- a x + b (x x^T) x + c (x x^T)^2 x. They are
 # chosen (Jordan et al.) to push every singular value in (0, 1] quickly into roughly
@@ -167,3 +174,64 @@ def muon_param_groups(
         {"params": other, "muon": False, "lr": lr, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer a run uses, and its learning-rate schedule
+
+
+def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (dim >= 2) only; the fused kernel where torch has one.
+
+    Biases and LayerNorm gains are not decayed: shrinking them toward zero has no
+    regularising meaning. The tied wte/lm_head matrix appears once. With ``optim.name ==
+    "muon"``, the blocks' weight matrices get :class:`Muon` instead.
+    """
+    if optim.name == "muon":
+        groups = muon_param_groups(model, optim.lr, optim.muon_lr, optim.weight_decay, optim.muon_weight_decay)
+        return Muon(groups, momentum=optim.muon_momentum, ns_steps=optim.muon_ns_steps, betas=(optim.beta1, optim.beta2),
+                    eps=optim.eps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs: dict[str, Any] = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    if device.type in ("cuda", "cpu"):
+        # One kernel for the whole update (CPU too, since torch 2.4): on GPT-2 small on our CPU
+        # the optimizer step went from ~700 ms with foreach to ~165 ms.
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True  # multi-tensor kernels instead of a Python loop over parameters
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def lr_at(it: int, optim: OptimConfig, max_iters: int, time_frac: float | None = None) -> float:
+    """Learning rate at iteration ``it`` (0-based): linear warmup, then the chosen decay.
+
+    The decay runs from the end of warmup to ``optim.lr_decay_iters`` (default ``max_iters``).
+    With a time budget, ``time_frac`` (training time / budget) can end it sooner: progress is
+    whichever of the two is further along, so a run stopped by its budget has finished its
+    schedule on any machine.
+    """
+    if optim.warmup_iters > 0 and it < optim.warmup_iters:
+        return optim.lr * (it + 1) / optim.warmup_iters
+    if optim.schedule == "constant":
+        return optim.lr
+    decay_end = optim.lr_decay_iters or max_iters
+    frac = (it - optim.warmup_iters) / max(1, decay_end - optim.warmup_iters)
+    if time_frac is not None:
+        frac = max(frac, time_frac)
+    frac = min(max(frac, 0.0), 1.0)
+    if optim.schedule == "wsd":
+        # warmup, stable at lr, then linear to min_lr over the last decay_frac of the run
+        start = 1.0 - optim.decay_frac
+        if frac <= start:
+            return optim.lr
+        return optim.lr + (frac - start) / optim.decay_frac * (optim.min_lr - optim.lr)
+    if optim.schedule == "linear":
+        return optim.lr + frac * (optim.min_lr - optim.lr)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * frac))  # 1 -> 0
+    return optim.min_lr + coeff * (optim.lr - optim.min_lr)

@@ -1,0 +1,89 @@
+"""Where a training run's numbers go: ``metrics.jsonl``, the console, and TensorBoard or wandb when asked.
+
+Only rank 0 logs; on the other ranks a :class:`Logger` is built disabled and every call does
+nothing, so the training loop need not ask which rank it is on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nanogpt.config import TrainConfig
+from nanogpt.errors import NanoGPTError
+
+
+class Logger:
+    """metrics.jsonl + console (+ TensorBoard, wandb when asked), and the progress bar. Only rank 0 logs."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool, resume: bool) -> None:
+        self.enabled = enabled
+        self.tb = None
+        self.wandb = None
+        self.bar = None
+        if not enabled:
+            return
+        self.file = open(run_dir / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")
+        if cfg.run.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ModuleNotFoundError:
+                raise NanoGPTError("--run.tensorboard needs tensorboard: pip install 'nanogpt[log]'") from None
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        if cfg.run.wandb:
+            try:
+                import wandb
+            except ModuleNotFoundError:
+                raise NanoGPTError("--run.wandb needs wandb: pip install wandb") from None
+            self.wandb = wandb.init(project=cfg.run.wandb_project, name=run_dir.name, config=cfg.to_dict(), resume="allow")
+
+    def start_bar(self, start: int, total: int, show: bool) -> None:
+        """Show a progress bar from iteration ``start`` to ``total`` (on a terminal, when ``show``)."""
+        if self.enabled and show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=False,
+                            disable=not sys.stderr.isatty())
+
+    def advance_bar(self, loss: float) -> None:
+        """Move the progress bar on by one step, showing its loss."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def print(self, text: str) -> None:
+        """One line on the console, above the progress bar if there is one."""
+        if not self.enabled:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append ``row`` to metrics.jsonl and send its numbers to TensorBoard/wandb."""
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        step = row.get("iter", 0)
+        for k, v in row.items():
+            if self.tb is not None and k != "iter" and isinstance(v, (int, float)):
+                self.tb.add_scalar(f"{row.get('kind', 'train')}/{k}", v, step)
+        if self.wandb is not None:
+            self.wandb.log({f"{row.get('kind', 'train')}/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        """Close the bar, the file and the writers; a second call does nothing."""
+        if not self.enabled:
+            return
+        self.enabled = False
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

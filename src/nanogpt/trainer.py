@@ -1,0 +1,634 @@
+"""The training loop as a library: :func:`train` runs a configured run and returns a :class:`TrainResult`.
+
+One process and ``torchrun`` take the same path. A :class:`Trainer` holds one run's state
+(iteration, best validation loss, training time, tokens seen, model, optimizer, gradient
+scaler, batch loader, logger) and advances it with small methods: :meth:`Trainer.step`,
+:meth:`Trainer.evaluate_and_save`, :meth:`Trainer.save`, :meth:`Trainer.run`.
+
+The pieces other commands reuse, :func:`train_step` and :func:`estimate_loss`, are defined
+here once. The optimizer and its learning-rate schedule are in ``nanogpt.optim``, the logging
+in ``nanogpt.runlog``, the ``nanogpt train`` command in ``nanogpt.train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nanogpt.checkpoint import (
+    Checkpoint,
+    atomic_write_text,
+    is_run_dir,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from nanogpt.config import GPTConfig, OptimConfig, TrainConfig
+from nanogpt.device import (
+    Dist,
+    Runtime,
+    prepare_model,
+    setup_runtime,
+    teardown_distributed,
+)
+from nanogpt.errors import NanoGPTError
+from nanogpt.model import GPT
+from nanogpt.optim import configure_optimizer, lr_at
+from nanogpt.runlog import Logger
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------------
+# The step and the evaluation (shared with `nanogpt bench` and the benchmarks)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Runtime,
+    grad_clip: float,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """One optimizer step over the micro-batches; returns the mean loss (a 0-d tensor).
+
+    Under DDP, gradients are all-reduced only on the last micro-step (``no_sync`` before).
+    The caller sets the learning rate beforehand.
+    """
+    n = len(batches)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    total = torch.zeros((), device=runtime.device)
+    for i, (x, y) in enumerate(batches):
+        sync = nullcontext() if (not ddp or i == n - 1) else model.no_sync()
+        with sync:
+            with runtime.autocast():
+                _, loss = model(x, y, return_logits=False)
+            loss = loss / n  # gradients of the mean over all micro-batches
+            total += loss.detach()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: torch.nn.Module, splits: dict[str, Any], cfg: TrainConfig, runtime: Runtime, seed: int
+) -> dict[str, float]:
+    """Mean loss over ``run.eval_iters`` batches per split, averaged over all processes.
+
+    Each evaluation draws the same batches (its own loader with a fixed seed), so successive
+    evaluations compare like with like and training's random streams are left untouched.
+    """
+    from nanogpt.data.loader import BatchLoader
+
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, tokens in splits.items():
+        loader = BatchLoader(
+            tokens, cfg.model.block_size, cfg.data.batch_size, seed=seed, rank=runtime.dist.rank,
+            world_size=runtime.dist.world_size, device=runtime.device,
+        )
+        losses = torch.zeros(cfg.run.eval_iters, device=runtime.device)
+        for k in range(cfg.run.eval_iters):
+            x, y = loader.next_batch()
+            with runtime.autocast():
+                _, loss = model(x, y, return_logits=False)
+            losses[k] = loss.float()
+        mean = losses.mean()
+        if runtime.dist.enabled:
+            mean = _all_reduce_mean(mean, runtime)
+        out[name] = mean.item()
+    model.train(was_training)
+    return out
+
+
+def _all_reduce_mean(t: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    import torch.distributed as tdist
+
+    t = t.detach().clone()
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)  # gloo has no AVG
+    return t / runtime.dist.world_size
+
+
+def _all_reduce_any(flags: list[bool], runtime: Runtime) -> list[bool]:
+    import torch.distributed as tdist
+
+    t = torch.tensor([float(f) for f in flags], device=runtime.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def gather_loader_states(loader: Any, dist: Dist) -> dict[str, Any]:
+    """Every rank's loader state, keyed by rank (all ranks must call this together)."""
+    state = loader.state_dict()
+    if not dist.enabled:
+        return {"0": state}
+    import torch.distributed as tdist
+
+    states: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(states, state)
+    return {str(r): s for r, s in enumerate(states)}
+
+
+# --------------------------------------------------------------------------------------------
+# Random streams and signals
+
+
+def rng_state() -> dict[str, Any]:
+    """The process's random streams (CPU, and every CUDA device's when there is CUDA)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore streams saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequested:
+    """Turns the first SIGINT/SIGTERM into a flag so the loop can save and exit cleanly.
+
+    A second signal restores the default behaviour (Ctrl-C twice kills at once).
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequested":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# --------------------------------------------------------------------------------------------
+# What a run starts from: configuration, data, model
+
+
+def resume_config(cfg: TrainConfig, saved: dict[str, dict[str, Any]], explicit: set[str], run_dir: Path) -> TrainConfig:
+    """A run's saved configuration with the settings named in ``explicit`` taken from ``cfg``.
+
+    Returns a new object (``cfg`` is not changed). The model's settings may only repeat the
+    saved ones: the checkpoint's weights have that shape.
+    """
+    merged = TrainConfig.from_flat({f"{s}.{k}": v for s, d in saved.items() for k, v in d.items()})
+    for key in explicit:
+        section, name = key.split(".", 1)
+        new, old = getattr(getattr(cfg, section), name), getattr(getattr(merged, section), name)
+        if section == "model" and new != old:
+            raise NanoGPTError(f"cannot resume with {key}={new}: the checkpoint in {run_dir} was trained with {old}")
+        setattr(getattr(merged, section), name, new)
+    merged.run.init_from = "resume"
+    return merged
+
+
+def ensure_dataset(cfg: TrainConfig, is_main: bool, log: Log) -> None:
+    """Prepare the dataset folder first if it is missing and the config says from what."""
+    from nanogpt.data.preparation import prepare
+
+    folder = Path(cfg.data.dataset)
+    if (folder / "meta.json").is_file():
+        return
+    if not cfg.data.prepare:
+        raise NanoGPTError(
+            f"dataset folder {folder} is not prepared; run: nanogpt prepare shakespeare --tokenizer {cfg.data.tokenizer} --out {folder}"
+        )
+    if is_main:
+        log(f"preparing {cfg.data.prepare} ({cfg.data.tokenizer} tokens) into {folder} ...")
+        prepare([cfg.data.prepare], str(folder), tokenizer=cfg.data.tokenizer, progress=False)
+
+
+def load_data(cfg: TrainConfig, dist: Dist, log: Log) -> Any:
+    """The prepared dataset (``nanogpt.data.loader.PreparedData``); rank 0 prepares it first if missing."""
+    from nanogpt.data.loader import load_prepared
+
+    if dist.is_main:
+        ensure_dataset(cfg, dist.is_main, log)
+    if dist.enabled:  # the other ranks wait for rank 0's preparation
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    return load_prepared(cfg.data.dataset)
+
+
+def micro_steps_per_rank(optim: OptimConfig, world_size: int) -> int:
+    """Each process's share of ``optim.grad_accum_steps``, which must divide evenly."""
+    per_rank, rem = divmod(optim.grad_accum_steps, world_size)
+    if rem:
+        raise NanoGPTError(
+            f"optim.grad_accum_steps ({optim.grad_accum_steps}) must be divisible by the number of processes "
+            f"({world_size}) so that every optimizer step sees the same number of tokens"
+        )
+    return per_rank
+
+
+def build_model(init_from: str, model_cfg: GPTConfig, data_vocab: int, vocab_given: bool, log: Log) -> GPT:
+    """A new model for ``run.init_from`` (anything but resume): scratch, a GPT-2 name, a Hugging
+    Face GPT-2 folder, or another run folder (its best checkpoint).
+
+    ``model_cfg`` is read, not changed; the returned model's ``config`` is the resolved one.
+    From scratch the vocabulary is the dataset's unless ``vocab_given`` (the user chose
+    ``model.vocab_size``, e.g. padded, which must then hold the dataset's). A pretrained model
+    keeps its shape and vocabulary, takes ``model_cfg.dropout`` and is cropped to
+    ``model_cfg.block_size``.
+    """
+    if init_from == "scratch":
+        if vocab_given and model_cfg.vocab_size < data_vocab:
+            raise NanoGPTError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the dataset's vocabulary ({data_vocab})")
+        return GPT(dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size if vocab_given else data_vocab))
+    from nanogpt import hf
+
+    if Path(init_from).is_dir() and is_run_dir(init_from):
+        ck = load_checkpoint(init_from, "best", trainer=False)
+        model = GPT(GPTConfig(**{**ck.model_config.to_dict(), "dropout": model_cfg.dropout}))
+        load_weights(model, ck.model_state)
+        log(f"initialised from run {init_from} (iteration {ck.info.get('iter')})")
+    elif (Path(init_from).is_dir() and hf.is_hf_dir(init_from)) or init_from in hf.HUB_NAMES:
+        model = GPT.from_pretrained(init_from, dropout=model_cfg.dropout)
+        log(f"initialised from Hugging Face GPT-2 {init_from}")
+    else:
+        raise NanoGPTError(
+            f"run.init_from '{init_from}' is not scratch, resume, a GPT-2 name ({', '.join(hf.HUB_NAMES)}), "
+            "a Hugging Face GPT-2 folder or a run folder"
+        )
+    block, base = model_cfg.block_size, model.config
+    if block > base.block_size:
+        raise NanoGPTError(
+            f"model.block_size {block} is larger than the pretrained model's {base.block_size}; "
+            f"use --model.block_size {base.block_size} or less"
+        )
+    if block < base.block_size:
+        model.crop_block_size(block)
+    if data_vocab > base.vocab_size:
+        raise NanoGPTError(
+            f"the dataset's vocabulary ({data_vocab}) is larger than the model's ({base.vocab_size}); "
+            "prepare the data with the model's tokenizer (--tokenizer gpt2)"
+        )
+    return model
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports back, for tests and callers."""
+
+    run_dir: Path
+    iter: int
+    losses: list[float] = field(default_factory=list)  # training loss of each step run here
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float | None = None
+    stopped_by: str | None = None  # None, "signal", "max_seconds"
+    train_time: float = 0.0
+
+
+def _print_line(text: str) -> None:
+    print(text, flush=True)
+
+
+def _ignore(text: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+class Trainer:
+    """One training run: its state and the methods that advance it.
+
+    Building one resolves the configuration (on resume: the saved run's, with the settings in
+    ``explicit`` on top), loads the data, builds the model, optimizer and loader, restores the
+    checkpoint's state when resuming, writes the run folder's config.json and prints what the
+    run is. :meth:`run` then trains to the end. The caller's ``cfg`` is never changed: the
+    run's resolved configuration is :attr:`cfg`.
+    """
+
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, explicit: set[str] | None = None,
+                 log: Log | None = None) -> None:
+        explicit = explicit or set()
+        self.runtime, self.dist = runtime, runtime.dist
+        self.say: Log = (log or _print_line) if self.dist.is_main else _ignore
+        self.run_dir = Path(cfg.run.out_dir)
+        self.resuming = cfg.run.init_from == "resume"
+        ck = load_checkpoint(self.run_dir, "last", trainer=True) if self.resuming else None
+        if ck is not None:
+            cfg = resume_config(cfg, ck.info["config"], explicit, self.run_dir)
+        self.data = load_data(cfg, self.dist, self.say)
+        self.micro_steps = micro_steps_per_rank(cfg.optim, self.dist.world_size)
+        self.model = self._new_model(cfg, ck, "model.vocab_size" in explicit)
+        self.cfg = dataclasses.replace(cfg, model=self.model.config)  # the run's resolved configuration
+        self.tokens_per_step = self.cfg.data.batch_size * self.cfg.model.block_size * self.cfg.optim.grad_accum_steps
+        self._setup_training()
+        self.iter, self.best_val, self.train_time, self.tokens_seen = 0, float("inf"), 0.0, 0
+        if ck is not None:
+            self.resume(ck)
+        else:
+            torch.manual_seed(self.cfg.run.seed + self.dist.rank)  # dropout differs per rank
+        self.start_iter = self.iter
+        # ms/iter is measured on training time alone, so an evaluation or a checkpoint
+        # written between two log lines does not show up as a slow iteration.
+        self._time_at_log, self._steps_since_log = self.train_time, 0
+        self._write_run_dir()
+        self._announce()
+        self.fwd = self._wrap_model()  # what the step calls: kernels installed, compiled, DDP
+        self.bytes_per_token = {s: self.data.bytes_per_token(s) for s in ("train", "val")}
+        self.mfu_fn = _mfu_function(self.cfg.model, runtime)
+        self.logger = Logger(self.run_dir, self.cfg, self.dist.is_main, self.resuming)
+        best = None if self.best_val == float("inf") else self.best_val
+        self.result = TrainResult(run_dir=self.run_dir, iter=self.iter, best_val=best)
+
+    # ---- building
+
+    def _new_model(self, cfg: TrainConfig, ck: Checkpoint | None, vocab_given: bool) -> GPT:
+        vocab = self.data.tokenizer.vocab_size
+        torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+        if ck is not None:
+            model = GPT(cfg.model)
+            load_weights(model, ck.model_state)
+        else:
+            model = build_model(cfg.run.init_from, cfg.model, vocab, vocab_given, self.say)
+        if vocab > model.config.vocab_size:
+            raise NanoGPTError(f"dataset vocabulary {vocab} exceeds the model's {model.config.vocab_size}")
+        return model
+
+    def _setup_training(self) -> None:
+        """The train loader, the model on its device, the optimizer and (float16) the gradient scaler."""
+        from nanogpt.data.loader import BatchLoader
+
+        cfg, dist, device = self.cfg, self.dist, self.runtime.device
+        self.train_tokens, self.val_tokens = self.data.split("train"), self.data.split("val")
+        self.loader = BatchLoader(self.train_tokens, cfg.model.block_size, cfg.data.batch_size, seed=cfg.run.seed,
+                                  rank=dist.rank, world_size=dist.world_size, device=device,
+                                  name=f"the train split of {cfg.data.dataset}")
+        # build an eval loader now so that a too-short val split fails before training starts
+        BatchLoader(self.val_tokens, cfg.model.block_size, cfg.data.batch_size, seed=0, device="cpu",
+                    name=f"the val split of {cfg.data.dataset}")
+        self.model.to(device)
+        self.optimizer = configure_optimizer(self.model, cfg.optim, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.runtime.dtype is torch.float16 else None
+
+    def resume(self, ck: Checkpoint) -> None:
+        """Continue from ``ck``: optimizer, scaler, this rank's data position, random streams, counters."""
+        ts, info = ck.trainer_state, ck.info
+        self.optimizer.load_state_dict(ts["optimizer"])
+        if self.scaler is not None and ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        rank = str(self.dist.rank)
+        self.loader.load_state_dict(info["loader"][rank] if rank in info["loader"] else info["loader"]["0"])
+        set_rng_state(ts["rng"])
+        self.iter = int(info["iter"])
+        self.best_val = float(info["best_val"]) if info.get("best_val") is not None else float("inf")
+        self.train_time = float(info.get("train_time", 0.0))
+        self.tokens_seen = int(info.get("tokens", 0))
+
+    def _write_run_dir(self) -> None:
+        if not self.dist.is_main:
+            return
+        if not self.resuming and is_run_dir(self.run_dir):
+            self.say(f"note: {self.run_dir} holds an earlier run, which this one replaces as it saves; "
+                     f"to continue that run instead use --init-from resume, or pick another --out-dir")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    def _announce(self) -> None:
+        """Print the device, model, data and run lines that open every run."""
+        cfg, m, dist = self.cfg, self.cfg.model, self.dist
+        self.say(f"nanogpt train: {self.runtime.describe()}")
+        self.say(
+            f"model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} channels, block {m.block_size}, "
+            f"vocab {m.vocab_size}: {self.model.num_params():,} parameters"
+        )
+        self.say(
+            f"data: {cfg.data.dataset} ({len(self.train_tokens):,} train / {len(self.val_tokens):,} val tokens, "
+            f"{self.data.tokenizer.name} tokenizer); {self.tokens_per_step:,} tokens per step = "
+            f"{cfg.data.batch_size} x {m.block_size} x {cfg.optim.grad_accum_steps} accumulation"
+            + (f" over {dist.world_size} processes" if dist.enabled else "")
+        )
+        length = f"{cfg.run.max_iters:,} iterations"
+        if cfg.run.max_seconds:
+            length = f"{cfg.run.max_seconds:g} s of training (or {length}, whichever comes first; the lr schedule follows)"
+        start = "resuming at iteration " + str(self.start_iter) if self.resuming else cfg.run.init_from
+        self.say(f"run: {self.run_dir} ({start}), {length}")
+
+    def _wrap_model(self) -> torch.nn.Module:
+        fwd = prepare_model(self.model, self.runtime, self.cfg.model.block_size, self.say)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            device_ids = [self.dist.local_rank] if self.runtime.device.type == "cuda" else None
+            fwd = DDP(fwd, device_ids=device_ids)
+        self.model.train()
+        return fwd
+
+    # ---- running
+
+    def run(self) -> TrainResult:
+        """Train to ``run.max_iters`` (or a signal, or the time budget), evaluate and save; close the logger."""
+        try:
+            stopped_by = self._train_loop()
+            self.result.iter, self.result.train_time, self.result.stopped_by = self.iter, self.train_time, stopped_by
+            if stopped_by == "signal":
+                self.save(None, is_best=False)
+                self.say(f"stopped by signal at iteration {self.iter}; checkpoint saved. Resume with: "
+                         f"nanogpt train --run.init_from resume --run.out_dir {self.run_dir}")
+                return self.result
+            if stopped_by == "max_seconds":
+                self.say(f"time budget of {self.cfg.run.max_seconds:g}s reached at iteration {self.iter}")
+            self.evaluate_and_save(final=True)
+        except torch.OutOfMemoryError:
+            raise NanoGPTError(
+                "out of memory; lower --data.batch_size (raise --optim.grad_accum_steps to keep the tokens per step) "
+                "or --model.block_size"
+            ) from None
+        finally:
+            self.close()
+        if self.dist.is_main and self.cfg.run.sample_tokens > 0:
+            _print_sample(self.model, self.data.tokenizer, self.cfg, self.runtime, self.say)
+        return self.result
+
+    def _train_loop(self) -> str | None:
+        """Steps until ``run.max_iters``; returns why it stopped early ("signal", "max_seconds") or None."""
+        run = self.cfg.run
+        self.logger.start_bar(self.iter, run.max_iters, run.progress)
+        with StopRequested() as stop:
+            while self.iter < run.max_iters:
+                if self.iter > self.start_iter and self.iter % run.eval_interval == 0:
+                    self.evaluate_and_save(final=False)
+                self.step()
+                stopped_by = self._stop_reason(stop)
+                if stopped_by is not None:
+                    return stopped_by
+        return None
+
+    def step(self) -> float:
+        """One optimizer step at the current iteration; returns its loss (the mean over all processes)."""
+        lr = self._set_lr()
+        t0 = time.perf_counter()
+        batches = [self.loader.next_batch() for _ in range(self.micro_steps)]
+        loss_t = train_step(self.fwd, self.optimizer, batches, self.runtime, self.cfg.optim.grad_clip, self.scaler)
+        if self.dist.enabled:  # report the mean over all ranks, as one process would
+            loss_t = _all_reduce_mean(loss_t, self.runtime)
+        loss = loss_t.item()  # syncs the device, so the timing below is real
+        self.train_time += time.perf_counter() - t0
+        self.iter += 1
+        self.tokens_seen += self.tokens_per_step
+        self._steps_since_log += 1
+        if not math.isfinite(loss):
+            raise NanoGPTError(
+                f"loss became {loss} at iteration {self.iter}; stopping. The last good checkpoint in {self.run_dir} "
+                "is intact. Lower --optim.lr, raise --optim.warmup_iters, or train in --run.dtype bfloat16/float32"
+            )
+        self.result.losses.append(loss)
+        self.logger.advance_bar(loss)
+        if self.iter % self.cfg.run.log_interval == 0 or self.iter == 1:
+            self._log_step(loss, lr)
+        return loss
+
+    def _set_lr(self) -> float:
+        run = self.cfg.run
+        time_frac = self.train_time / run.max_seconds if run.max_seconds else None
+        lr = lr_at(self.iter, self.cfg.optim, run.max_iters, time_frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at their own scale
+        return lr
+
+    def _log_step(self, loss: float, lr: float) -> None:
+        ms = (self.train_time - self._time_at_log) / self._steps_since_log * 1000
+        tok_s = self.tokens_per_step / (ms / 1000)
+        # per-device MFU: the step's tokens are spread over world_size devices
+        mfu = self.mfu_fn(tok_s / self.dist.world_size) if self.mfu_fn else None
+        self.logger.record({"kind": "train", "iter": self.iter, "loss": loss, "lr": lr, "ms_per_iter": ms,
+                            "tokens_per_s": tok_s, "mfu": mfu, "tokens": self.tokens_seen,
+                            "train_time": round(self.train_time, 3)})
+        self.say(f"iter {self.iter}: loss {loss:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s, "
+                 f"{'MFU ' + format(mfu * 100, '.1f') + '%' if mfu is not None else 'MFU: unknown peak'}")
+        self._time_at_log, self._steps_since_log = self.train_time, 0
+
+    def _stop_reason(self, stop: StopRequested) -> str | None:
+        run = self.cfg.run
+        flags = [stop.signal is not None, bool(run.max_seconds and self.train_time >= run.max_seconds)]
+        if self.dist.enabled:  # decide together, or the ranks' collectives would not match
+            flags = _all_reduce_any(flags, self.runtime)
+        if flags[0]:
+            return "signal"
+        if flags[1]:
+            return "max_seconds"
+        return None
+
+    def evaluate_and_save(self, final: bool) -> dict[str, Any]:
+        """Evaluate both splits, log the row, and save a checkpoint if the validation loss improved
+        (or always, with ``run.always_save_checkpoint``, or when ``final``). Returns the row."""
+        cfg, t = self.cfg, self.train_time
+        losses = estimate_loss(self.model, {"train": self.train_tokens, "val": self.val_tokens}, cfg, self.runtime,
+                               seed=cfg.run.seed + 1)
+        bpb = {s: losses[s] / math.log(2) / self.bytes_per_token[s] for s in losses}
+        row = {"kind": "eval", "iter": self.iter, "train_loss": losses["train"], "val_loss": losses["val"],
+               "train_bpb": bpb["train"], "val_bpb": bpb["val"], "tokens": self.tokens_seen, "train_time": round(t, 3)}
+        self.logger.record(row)
+        self.say(f"eval {self.iter}: train loss {losses['train']:.4f} ({bpb['train']:.3f} bpb), val loss "
+                 f"{losses['val']:.4f} ({bpb['val']:.3f} bpb), {t:.1f}s of training")
+        self.result.evals.append(row)
+        improved = losses["val"] < self.best_val
+        if improved:
+            self.best_val = self.result.best_val = losses["val"]
+        if improved or cfg.run.always_save_checkpoint or final:
+            self.save(losses, is_best=improved)  # every rank: the loader states are gathered
+        return row
+
+    def save(self, losses: dict[str, float] | None, is_best: bool) -> None:
+        """Checkpoint the current state (every rank must call this: the loader states are gathered)."""
+        loader_states = gather_loader_states(self.loader, self.dist)
+        if not self.dist.is_main:
+            return
+        info = {
+            "iter": self.iter, "best_val": self.best_val if self.best_val != float("inf") else None,
+            "train_time": self.train_time, "tokens": self.tokens_seen, "config": self.cfg.to_dict(),
+            "tokenizer": self.data.tokenizer.to_dict(), "dataset": str(self.cfg.data.dataset),
+            "loader": loader_states, "world_size": self.dist.world_size,
+        }
+        if losses:
+            info["val_loss"], info["train_loss"] = losses["val"], losses["train"]
+        state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                 "rng": rng_state()}
+        save_checkpoint(self.run_dir, self.model, state, info, is_best=is_best)
+
+    def close(self) -> None:
+        """Close the logger (files, writers, progress bar); safe to call twice."""
+        self.logger.close()
+
+
+def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = None) -> TrainResult:
+    """Run training as configured. Returns when done, stopped by a signal, or out of time.
+
+    ``explicit`` names the dotted settings the user chose: on resume they override the saved
+    run's, and from scratch a chosen ``model.vocab_size`` is kept. ``log`` receives rank 0's
+    console lines (default: print). ``cfg`` is not changed; the run's resolved configuration
+    is written to its folder's config.json.
+    """
+    runtime = setup_runtime(cfg.run.device, cfg.run.dtype, cfg.run.compile, distributed=True)
+    try:
+        return Trainer(cfg, runtime, explicit, log).run()
+    finally:
+        teardown_distributed(runtime.dist)
+
+
+# --------------------------------------------------------------------------------------------
+# Small pieces of the run
+
+
+def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], float | None] | None:
+    try:
+        from nanogpt import flops
+    except ImportError:
+        return None
+    return lambda tok_s: flops.mfu(tok_s, model_cfg, model_cfg.block_size, runtime.device, runtime.dtype)
+
+
+def _print_sample(model: GPT, tokenizer: Any, cfg: TrainConfig, runtime: Runtime, say: Log) -> None:
+    """End the run with a short sample, so the user sees what the model learned."""
+    from nanogpt.generate import sample_text
+
+    start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    g = torch.Generator(device=runtime.device).manual_seed(cfg.run.seed)
+    with torch.no_grad(), runtime.autocast():
+        text = sample_text(model, tokenizer, start, max_new_tokens=cfg.run.sample_tokens, temperature=0.8,
+                           top_k=200, generator=g)[0]
+    say("sample:\n" + text.strip("\n"))
