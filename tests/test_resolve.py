@@ -200,7 +200,8 @@ def test_error_not_found_with_and_without_a_hint():
     )
     assert error_of("zzz", LOADABLE) == f"'zzz' not found: no such folder or name; pass {LOAD_ACCEPTS}"
     # Something that looks like a path gets no name hint (runs/gpt2 is not a typo of gpt2).
-    assert error_of("runs/gpt2", LOADABLE) == f"runs/gpt2 not found (no such folder); pass {LOAD_ACCEPTS}"
+    assert error_of("runs/gpt2", LOADABLE) == f"'runs/gpt2' not found: no such folder; pass {LOAD_ACCEPTS}"
+    assert error_of("zzz", {"run", "hf"}) == "'zzz' not found: no such folder; pass a run folder or a Hugging Face GPT-2 folder"
 
 
 def test_error_names_only():

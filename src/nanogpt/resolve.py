@@ -194,9 +194,8 @@ def _name_kind(text: str, allowed: Collection[str], start: str, accepted: str) -
     if "run" not in allowed and "hf" not in allowed:
         what = "preset" if "preset" in allowed else "GPT-2 hub name"
         raise NanoGPTError(f"{start}unknown {what} '{text}'; {hint}choose one of: {', '.join(dict.fromkeys(names))}")
-    if looks_like_path:
-        raise NanoGPTError(f"{start}{text} not found (no such folder); pass {accepted}")
-    raise NanoGPTError(f"{start}'{text}' not found: no such folder or name; {hint}pass {accepted}")
+    missing = "no such folder or name" if names and not looks_like_path else "no such folder"
+    raise NanoGPTError(f"{start}'{text}' not found: {missing}; {hint}pass {accepted}")
 
 
 # --------------------------------------------------------------------------------------------
