@@ -28,9 +28,12 @@ from typing import Any
 
 import torch
 
-from nanogpt.errors import NanoGPTError
 from nanogpt.config import GPTConfig
+from nanogpt.errors import NanoGPTError
 from nanogpt.model import GPT
+from nanogpt.resolve import LOADABLE, ModelSource, resolve_source
+# Re-exported: these lived here before nanogpt.resolve, which is torch-free, took them over.
+from nanogpt.resolve import checkpoint_path, is_run_dir  # noqa: F401
 
 FORMAT_VERSION = 1
 
@@ -142,36 +145,6 @@ def _prune(run: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "last.json").is_file() or (p / "best.json").is_file()
-
-
-def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
-    """The checkpoint folder that ``which`` (last | best) points to; clear errors otherwise."""
-    run = Path(run_dir)
-    if not run.exists():
-        raise NanoGPTError(f"run folder {run} does not exist")
-    pointer = run / f"{which}.json"
-    if not pointer.is_file():
-        other = "best" if which == "last" else "last"
-        if (run / f"{other}.json").is_file():
-            pointer = run / f"{other}.json"
-        else:
-            raise NanoGPTError(
-                f"{run} holds no checkpoint (no last.json); train into it first, or pass the folder of a finished run"
-            )
-    try:
-        rel = json.loads(pointer.read_text(encoding="utf-8"))["path"]
-    except (ValueError, KeyError):
-        raise NanoGPTError(f"{pointer} is damaged; delete it to fall back to the other pointer") from None
-    path = run / rel
-    for f in ("model.safetensors", "trainer.pt", "info.json"):
-        if not (path / f).is_file():
-            raise NanoGPTError(f"checkpoint {path} is incomplete ({f} is missing); it cannot be loaded")
-    return path
-
-
 @dataclass
 class Checkpoint:
     path: Path
@@ -222,39 +195,42 @@ class LoadedModel:
     meta: dict[str, Any]
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu", which: str = "best") -> LoadedModel:
+def load_model(
+    source: str | Path | ModelSource, device: str | torch.device = "cpu", which: str = "best"
+) -> LoadedModel:
     """A model from a run folder, a local HF GPT-2 folder, or (online) a GPT-2 hub name.
 
+    ``source`` is resolved by :func:`nanogpt.resolve.resolve_source` unless it is already a
+    :class:`~nanogpt.resolve.ModelSource` (a caller that accepts fewer kinds resolves first).
     The model is returned in eval mode and float32 on ``device``.
     """
-    from nanogpt import hf
-
-    src = Path(source)
-    if src.is_dir() and is_run_dir(src):
-        ck = load_checkpoint(src, which, trainer=False)
-        model = GPT(ck.model_config)
-        load_weights(model, ck.model_state)
-        tok = None
-        if ck.info.get("tokenizer"):
-            from nanogpt.tokenizer import tokenizer_from_dict
-
-            tok = tokenizer_from_dict(ck.info["tokenizer"])
-        meta = {"source": str(src), "kind": "run", "checkpoint": str(ck.path), **{k: ck.info.get(k) for k in ("iter", "val_loss", "train_loss")}}
-        meta["dataset"] = ck.info.get("dataset")
-    elif src.is_dir() and hf.is_hf_dir(src) or (not src.exists() and str(source) in hf.HUB_NAMES):
-        model = GPT.from_pretrained(str(source))
+    src = source if isinstance(source, ModelSource) else resolve_source(str(source), LOADABLE)
+    if src.kind == "run":
+        model, tok, meta = _load_run(src, which)
+    elif src.kind in ("hf", "hub"):
+        model = GPT.from_pretrained(src.name)
         tok = _gpt2_tokenizer_if_fits(model.config.vocab_size)
-        meta = {"source": str(source), "kind": "hf"}
-    elif src.is_dir():
-        raise NanoGPTError(
-            f"{src} is neither a nanogpt run folder (last.json) nor a Hugging Face GPT-2 folder (config.json + model.safetensors)"
-        )
+        meta = {"source": src.name, "kind": "hf"}
     else:
-        raise NanoGPTError(
-            f"'{source}' not found: pass a run folder, a Hugging Face GPT-2 folder, or one of {', '.join(hf.HUB_NAMES)}"
-        )
+        raise NanoGPTError(f"{src.description} is a configuration without weights; pass a run folder, "
+                           "a Hugging Face GPT-2 folder or a GPT-2 hub name")
     model.to(device).eval()
     return LoadedModel(model, tok, meta)
+
+
+def _load_run(src: ModelSource, which: str) -> tuple[GPT, Any, dict[str, Any]]:
+    ck = load_checkpoint(src.name, which, trainer=False)
+    model = GPT(ck.model_config)
+    load_weights(model, ck.model_state)
+    tok = None
+    if ck.info.get("tokenizer"):
+        from nanogpt.tokenizer import tokenizer_from_dict
+
+        tok = tokenizer_from_dict(ck.info["tokenizer"])
+    meta = {"source": src.name, "kind": "run", "checkpoint": str(ck.path),
+            **{k: ck.info.get(k) for k in ("iter", "val_loss", "train_loss")}}
+    meta["dataset"] = ck.info.get("dataset")
+    return model, tok, meta
 
 
 def _gpt2_tokenizer_if_fits(vocab_size: int) -> Any:

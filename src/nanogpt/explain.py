@@ -15,9 +15,7 @@ this prints, with that configuration's real numbers:
   KV cache per token and for a full context.
 
 And, for a trained model, ``--attention PROMPT`` draws the attention probabilities of every
-head as heatmaps. The model computes attention with ``scaled_dot_product_attention``, which
-never materialises the probabilities, so :func:`attention_maps` recomputes them in forward
-hooks from each attention module's input and its ``c_attn`` weights; the model is unchanged.
+head as heatmaps (:mod:`nanogpt.attention_maps`).
 
 Activation memory estimate (bytes of the tensors a training forward pass keeps for the
 backward pass, with fused attention and no dropout), b = bytes per element of the dtype,
@@ -44,15 +42,22 @@ autograd really saves (deduplicated by storage) in a forward pass of a small mod
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import json
-import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+# Attention maps live in their own module; these names stay importable from here.
+from nanogpt.attention_maps import (  # noqa: F401
+    attention_maps,
+    forward_with_hooks,
+    plot_attention,
+    run_attention,
+    token_labels,
+    visible_attention,
+)
 from nanogpt.errors import NanoGPTError
+from nanogpt.resolve import GPT2_VOCAB, SHAKESPEARE_CHARS  # noqa: F401 - re-exported
+from nanogpt.resolve import model_config, resolve_source
 
 if TYPE_CHECKING:  # torch is imported inside functions so that `--help` stays instant
     import torch
@@ -139,20 +144,6 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
     return rows
 
 
-@contextlib.contextmanager
-def visible_attention(model: "GPT") -> Iterator[None]:
-    """Run ``model`` with attention spelled out (``ops.MatmulAttention``: the same function), so that
-    hooks on each block's ``attn.attend.probs`` see the attention weights; the kernels are restored after."""
-    from nanogpt.ops import apply_kernels, kernels_of
-
-    before = kernels_of(model)
-    apply_kernels(model, dataclasses.replace(before, attention="matmul"))
-    try:
-        yield
-    finally:
-        apply_kernels(model, before)
-
-
 def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ...]]:
     """Shapes of the forward pass of ``model`` on ``idx``, captured by forward hooks.
 
@@ -215,7 +206,7 @@ def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ..
             ]
         handles.append(tr.ln_f.register_forward_hook(on_output("ln_f")))
         handles.append(model.lm_head.register_forward_hook(on_output("logits")))
-        _forward_with_hooks(model, idx, handles)
+        forward_with_hooks(model, idx, handles)
     return shapes
 
 
@@ -546,236 +537,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Attention maps
-
-
-def attention_maps(model: "GPT", token_ids: Sequence[int], layers: Iterable[int] | None = None) -> dict[int, "torch.Tensor"]:
-    """Attention probabilities of one sequence: {layer: (nh, T, T) float32 CPU tensor}.
-
-    Row i of a head's map is the distribution over tokens 0..i that token i attends to
-    (zeros above the diagonal). Read by forward hooks on each block's attention weights
-    (see :func:`visible_attention`); ``layers`` defaults to all of them.
-    """
-    import torch
-
-    n_layer = len(model.transformer.h)
-    wanted = list(range(n_layer)) if layers is None else list(layers)
-    for i in wanted:
-        if not 0 <= i < n_layer:
-            raise NanoGPTError(f"layer {i} does not exist; the model has layers 0..{n_layer - 1}")
-    if len(token_ids) == 0:
-        raise NanoGPTError("the prompt is empty; pass some text to --attention")
-    if len(token_ids) > model.config.block_size:
-        raise NanoGPTError(
-            f"the prompt is {len(token_ids)} tokens, more than the model's block_size ({model.config.block_size}); shorten it"
-        )
-    maps: dict[int, torch.Tensor] = {}
-
-    def hook_for(i: int):
-        def hook(module, inputs, output):
-            maps[i] = output[0].float().cpu()  # (nh, T, T)
-
-        return hook
-
-    device = next(model.parameters()).device
-    idx = torch.tensor([list(token_ids)], dtype=torch.long, device=device)  # (1, T)
-    was_training = model.training
-    model.eval()
-    try:
-        with visible_attention(model):
-            handles = [model.transformer.h[i].attn.attend.probs.register_forward_hook(hook_for(i)) for i in wanted]
-            _forward_with_hooks(model, idx, handles)
-    finally:
-        model.train(was_training)
-    return {i: maps[i] for i in wanted}
-
-
-def _forward_with_hooks(model: Any, idx: "torch.Tensor", handles: list) -> None:
-    """One no-grad forward pass of ``model`` on ``idx``; the hooks are removed afterwards."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            model(idx)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def token_labels(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
-    """One printable label per token: newlines and tabs escaped, spaces shown as '·'."""
-    labels = []
-    for t in token_ids:
-        text = tokenizer.decode([t])
-        text = text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u00b7")
-        labels.append(text if text else "\u2205")
-    return labels
-
-
-def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: str | Path, title: str = "") -> Path:
-    """Draw attention maps as a PNG and return its path.
-
-    One layer: a grid of its heads, tokens on both axes (rows = the attending token, columns =
-    the token attended to). Several layers: one row per layer, one column per head, no labels.
-    Masked (future) entries are drawn in grey, so the causal triangle is visible.
-    """
-    import matplotlib
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    layers = sorted(maps)
-    nh, T, _ = maps[layers[0]].shape
-    overview = len(layers) > 1
-    if overview:
-        nrows, ncols = len(layers), nh
-        cell = min(1.6, 40 / max(nrows, ncols))
-    else:
-        ncols = math.ceil(math.sqrt(nh))
-        nrows = math.ceil(nh / ncols)
-        cell = min(max(3.0, 0.15 * T), 40 / max(nrows, ncols))  # inches per heatmap
-    fig = Figure(figsize=(ncols * cell + 1.2, nrows * cell + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)  # render with Agg, without pyplot or changing the global backend
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # the masked future: grey
-    future = np.triu(np.ones((T, T), dtype=bool), k=1)
-    image = None
-    label_size = max(3.0, min(9.0, 0.75 * 72 * cell / T))  # points: about one token's height
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for li, layer in enumerate(layers):
-        probs = maps[layer].numpy()
-        for h in range(nh):
-            ax = axes[li, h] if overview else axes.flat[h]
-            ax.set_axis_on()
-            image = ax.imshow(np.ma.masked_array(probs[h], mask=future), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-            if overview:
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if li == 0:
-                    ax.set_title(f"head {h}", fontsize=8)
-                if h == 0:
-                    ax.set_ylabel(f"layer {layer}", fontsize=8)
-            else:
-                ax.set_title(f"layer {layer}, head {h}", fontsize=9)
-                step = max(1, math.ceil(T / 48))  # at most ~48 labels per axis
-                ticks = list(range(0, T, step))
-                ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=label_size)
-                ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=label_size)
-    if not overview:
-        fig.supxlabel("token attended to (key)")
-        fig.supylabel("attending token (query)")
-    fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
-    if title:
-        fig.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Where the configuration comes from
 
-
-GPT2_VOCAB = 50257  # tokens of the GPT-2 BPE tokenizer
-SHAKESPEARE_CHARS = 65  # distinct characters of the tiny-Shakespeare corpus
-
-
-def _dataset_vocab(preset: dict[str, Any]) -> tuple[int, str]:
-    """The vocabulary a training preset will get from its dataset, and where that number is from.
-
-    Training sets ``model.vocab_size`` from the prepared dataset when the preset does not fix
-    it; this reads the same dataset's meta.json if it is there, else the tokenizer's size.
-    """
-    from nanogpt.config import DataConfig
-
-    dataset = Path(preset.get("data.dataset", DataConfig.dataset))
-    meta_path = dataset / "meta.json"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if isinstance(meta.get("vocab_size"), int):
-                return meta["vocab_size"], f"vocab from {meta_path}"
-            from nanogpt.tokenizer import tokenizer_from_dict
-
-            return tokenizer_from_dict(meta["tokenizer"]).vocab_size, f"vocab from {meta_path}"
-        except (ValueError, KeyError, TypeError, NanoGPTError):
-            pass  # unreadable: fall back to what the tokenizer implies
-    tokenizer = preset.get("data.tokenizer", DataConfig.tokenizer)
-    if tokenizer == "gpt2":
-        return GPT2_VOCAB, "vocab of the GPT-2 tokenizer"
-    if preset.get("data.prepare") == "shakespeare":
-        return SHAKESPEARE_CHARS, f"vocab: Shakespeare's {SHAKESPEARE_CHARS} characters ({dataset} not prepared yet)"
-    raise NanoGPTError(
-        f"the vocabulary of this preset comes from its dataset {dataset}, which is not prepared; "
-        "run 'nanogpt prepare' first or pass --vocab-size"
-    )
-
-
-def config_from_preset(name: str, vocab_size: int | None = None) -> tuple["GPTConfig", str]:
-    """A GPT-2 name (gpt2, gpt2-medium, ...) or the model part of a training preset.
-
-    Returns the configuration and a description of its source.
-    """
-    from nanogpt.config import get_preset, preset_names
-    from nanogpt.config import GPTConfig
-
-    extra = {} if vocab_size is None else {"vocab_size": vocab_size}
-    if name in GPTConfig.PRESETS:
-        return GPTConfig.from_name(name, **extra), f"preset {name}"
-    if name in preset_names():
-        preset = get_preset(name)
-        model = {k.split(".", 1)[1]: v for k, v in preset.items() if k.startswith("model.")}
-        where = f"training preset {name}"
-        model.update(extra)
-        if "vocab_size" not in model:
-            model["vocab_size"], note = _dataset_vocab(preset)
-            where += f"; {note}"
-        try:
-            return GPTConfig(**model), where
-        except ValueError as e:
-            raise NanoGPTError(str(e)) from None
-    import difflib
-
-    names = [*GPTConfig.PRESETS, *preset_names()]
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise NanoGPTError(f"unknown preset '{name}'; {hint}choose one of: {', '.join(names)}")
-
-
-def config_from_folder(folder: str | Path) -> "GPTConfig":
-    """The model configuration of a run folder or a Hugging Face GPT-2 folder (no weights read)."""
-    from nanogpt.config import GPTConfig
-
-    folder = Path(folder)
-    path = folder / "config.json"
-    data: dict[str, Any] | None = None
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise NanoGPTError(f"{path} is not valid JSON: {e}") from None
-    else:
-        # A run folder without config.json: the checkpoint's info.json carries the config too.
-        from nanogpt.checkpoint import checkpoint_path, is_run_dir
-
-        if is_run_dir(folder):
-            info = json.loads((checkpoint_path(folder) / "info.json").read_text(encoding="utf-8"))
-            data = info.get("config")
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):  # a run: resolved TrainConfig
-        try:
-            return GPTConfig.from_dict(data["model"])
-        except (TypeError, ValueError) as e:
-            raise NanoGPTError(f"{path}: the model configuration is invalid: {e}") from None
-    if isinstance(data, dict) and ("n_embd" in data or "model_type" in data):  # Hugging Face
-        from nanogpt.hf import config_from_hf
-
-        return config_from_hf(data)
-    raise NanoGPTError(
-        f"{folder} holds no model configuration: expected a run folder (config.json with a 'model' "
-        "section) or a Hugging Face GPT-2 folder (config.json with n_layer, n_head, n_embd)"
-    )
+# What `nanogpt inspect SOURCE` takes (hub names are GPT-2 presets here: no download needed).
+INSPECT_KINDS = frozenset({"run", "hf", "preset"})
 
 
 def resolve_config(
@@ -783,30 +548,29 @@ def resolve_config(
 ) -> tuple["GPTConfig", str]:
     """The configuration to explain and a description of where it came from.
 
-    ``source`` is a run folder or Hugging Face folder (or, if no such path exists, a preset
-    name); without either, GPT-2 small. ``block_size`` replaces the context length (for a
-    trained model only downwards: its position table cannot grow); ``vocab_size`` is for
-    presets only.
+    ``source`` is a run folder, a Hugging Face folder or a preset name (see
+    :func:`nanogpt.resolve.resolve_source`); ``preset`` a preset name; without either, GPT-2
+    small. ``block_size`` replaces the context length (for a trained model only downwards: its
+    position table cannot grow); ``vocab_size`` is for presets only.
     """
     if source and preset:
         raise NanoGPTError("pass either a folder or --preset, not both")
-    if source and not Path(source).exists():
-        preset, source = source, None  # 'nanogpt inspect gpt2' reads like a preset name
     if block_size is not None and block_size <= 0:
         raise NanoGPTError(f"--block-size must be positive, got {block_size}")
     if vocab_size is not None and vocab_size <= 0:
         raise NanoGPTError(f"--vocab-size must be positive, got {vocab_size}")
-    if source:
-        if vocab_size is not None:
-            raise NanoGPTError("--vocab-size only applies to presets; a trained model's vocabulary is fixed")
-        config, where = config_from_folder(source), str(source)
-        if block_size is not None and block_size > config.block_size:
-            raise NanoGPTError(
-                f"{source} has block_size {config.block_size}; --block-size can only shrink it "
-                f"(1..{config.block_size}), got {block_size}"
-            )
+    if preset or not source:
+        src = resolve_source(preset or "gpt2", {"preset"})
     else:
-        config, where = config_from_preset(preset or "gpt2", vocab_size)
+        src = resolve_source(source, INSPECT_KINDS, need_weights=False)
+    if vocab_size is not None and src.kind != "preset":
+        raise NanoGPTError("--vocab-size only applies to presets; a trained model's vocabulary is fixed")
+    config, where = model_config(src, vocab_size)
+    if block_size is not None and src.kind != "preset" and block_size > config.block_size:
+        raise NanoGPTError(
+            f"{source} has block_size {config.block_size}; --block-size can only shrink it "
+            f"(1..{config.block_size}), got {block_size}"
+        )
     if block_size is not None:
         config.block_size = block_size
     return config, where
@@ -836,37 +600,6 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--layer", default="-1", help="layer to draw (0-based, negative from the end; default: the last) or 'all'")
     group.add_argument("--out", default="attention.png", help="PNG file to write (default: attention.png)")
     group.add_argument("--device", default="cpu", help="device to run the model on for --attention (default: cpu)")
-
-
-def _parse_layers(text: str, n_layer: int) -> list[int]:
-    if text == "all":
-        return list(range(n_layer))
-    try:
-        layer = int(text)
-    except ValueError:
-        raise NanoGPTError(f"--layer must be an integer or 'all', got {text!r}") from None
-    if not -n_layer <= layer < n_layer:
-        raise NanoGPTError(f"--layer {layer} does not exist; the model has layers 0..{n_layer - 1} (or -1 for the last)")
-    return [layer % n_layer]
-
-
-def run_attention(args: argparse.Namespace) -> int:
-    """``--attention``: load a trained model, compute its attention on the prompt, draw it."""
-    if args.preset or not args.source:
-        raise NanoGPTError("--attention needs a trained model: pass a run folder or a Hugging Face GPT-2 folder")
-    from nanogpt.checkpoint import load_model
-    from nanogpt.device import resolve_device
-
-    loaded = load_model(args.source, resolve_device(args.device))
-    if loaded.tokenizer is None:
-        raise NanoGPTError(f"{args.source} does not say which tokenizer it was trained with; cannot encode the prompt")
-    ids = loaded.tokenizer.encode(args.attention)
-    layers = _parse_layers(str(args.layer), loaded.model.config.n_layer)
-    maps = attention_maps(loaded.model, ids, layers)
-    which = "all layers" if len(layers) > 1 else f"layer {layers[0]}"
-    out = plot_attention(maps, token_labels(loaded.tokenizer, ids), args.out, title=f"{args.source}: attention, {which}")
-    print(f"wrote {out} ({which}, {loaded.model.config.n_head} heads, {len(ids)} tokens)")
-    return 0
 
 
 def cli_main(args: argparse.Namespace) -> int:

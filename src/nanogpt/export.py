@@ -1,13 +1,20 @@
-"""``nanogpt export``: a run's checkpoint -> a Hugging Face GPT-2 folder."""
+"""``nanogpt export``: a run's checkpoint -> a Hugging Face GPT-2 folder.
+
+An HF GPT-2 folder is accepted too (it is rewritten in the canonical layout); hub names and
+presets are not: there is nothing of ours to export.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+# The kinds of nanogpt.resolve this command takes.
+EXPORT_KINDS = frozenset({"run", "hf"})
+
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a training run folder (runs/NAME)")
+    parser.add_argument("run_dir", metavar="SOURCE", help="a training run folder (runs/NAME) or a Hugging Face GPT-2 folder")
     parser.add_argument("--to", required=True, metavar="DIR", help="output folder for the Hugging Face GPT-2 files")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint (default: best)")
 
@@ -15,8 +22,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     from nanogpt.checkpoint import load_model
     from nanogpt.hf import write_gpt2
+    from nanogpt.resolve import resolve_source
 
-    loaded = load_model(args.run_dir, which=args.which)
+    loaded = load_model(resolve_source(args.run_dir, EXPORT_KINDS), which=args.which)
     tok = loaded.tokenizer
     eot = getattr(tok, "eot_id", None) if tok is not None else None
     out = write_gpt2(loaded.model.config, loaded.model.state_dict(), args.to, eot_id=eot)

@@ -5,6 +5,7 @@ GPT-2's causal-mask buffers (``attn.bias``, ``attn.masked_bias``), and transpose
 projection weights per block, which HF stores as ``Conv1D`` (in, out) rather than ``Linear``
 (out, in). This module knows the file format only: it reads and writes state dicts and
 configurations and never builds a model (``GPT.from_pretrained`` / ``save_pretrained`` do).
+Importing it does not import torch (``nanogpt.resolve`` reads HF folders through it).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nanogpt.errors import NanoGPTError
 from nanogpt.config import GPTConfig
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so that this module stays light
+    import torch
 
 # Weights stored transposed in HF's Conv1D layout.
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -33,6 +35,7 @@ HUB_NAMES = {
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
+    """True for a folder with an HF ``config.json`` and weights (model.safetensors or pytorch_model.bin)."""
     p = Path(path)
     return (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / "pytorch_model.bin").is_file())
 
@@ -71,6 +74,8 @@ def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(folder / "model.safetensors"))
+    import torch
+
     # Older HF folders: a pickle. weights_only=True refuses anything but tensors and plain
     # containers, so a malicious file cannot run code.
     try:
@@ -175,6 +180,8 @@ def download_hf_gpt2(name: str) -> Path:
 
 def nanogpt_to_hf_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our weights (a model's state dict) in HF GPT-2 layout: Conv1D transposes, zero biases where bias=False."""
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key == "lm_head.weight":
