@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanogpt.device import device_label, dtype_name, maybe_compile, setup_runtime
     from nanogpt.model import GPT, GPTConfig
     from nanogpt.optim import configure_optimizer
-    from nanogpt.trainer import train_step
+    from nanogpt.step import train_step
 
     if a.smoke:
         cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512, dropout=0.0)

@@ -45,7 +45,7 @@ from nanogpt.device import device_label, setup_runtime
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.device import prepare_model
 from nanogpt.optim import configure_optimizer
-from nanogpt.trainer import train_step
+from nanogpt.step import train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -245,7 +244,7 @@ def test_non_finite_loss_stops_with_checkpoint_intact(tmp_path, char_data, monke
         ({"data.dataset": "/nonexistent/data", "data.prepare": "none"}, "run: nanogpt prepare shakespeare --tokenizer char --out /nonexistent/data"),
         ({"model.block_size": 100000}, "shorter than block_size"),
         ({"run.init_from": "resume"}, "holds no checkpoint|does not exist"),
-        ({"run.init_from": "gpt7"}, "is not scratch, resume"),
+        ({"run.init_from": "gpt7"}, r"run.init_from \(scratch, resume, or a model\): 'gpt7' not found.*did you mean 'gpt2'"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, char_data, capsys, extra, match):

@@ -205,17 +205,59 @@ def measure_sampling(model: torch.nn.Module, runtime: Any, vocab: int, prompt_le
     return out
 
 
+def _random_batches(vocab: int, B: int, T: int, n: int, seed: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` fixed micro-batches of random tokens: inputs (B, T) and their next-token targets (B, T)."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        seq = torch.randint(0, vocab, (B, T + 1), generator=g)  # (B, T+1)
+        batches.append((seq[:, :-1].contiguous().to(device), seq[:, 1:].contiguous().to(device)))
+    return batches
+
+
+def _peak_memory(device: torch.device, rss_before: int | None) -> tuple[int | None, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+    max_rss = _max_rss_bytes()
+    # ru_maxrss and /proc's current RSS are sampled differently: a small negative difference means no growth
+    growth = max(0, max_rss - rss_before) if max_rss is not None and rss_before is not None else None
+    return growth, "peak RSS growth of the process"
+
+
+def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Warm-up and measured training steps of ``model`` on fixed random batches."""
+    from nanogpt.config import OptimConfig
+    from nanogpt.device import prepare_model
+    from nanogpt.optim import configure_optimizer
+    from nanogpt.step import train_step
+
+    device, T = runtime.device, model.config.block_size
+    optimizer = configure_optimizer(model, OptimConfig(), device)
+    scaler = torch.amp.GradScaler(device.type) if runtime.dtype is torch.float16 else None
+    fwd = prepare_model(model, runtime, T, log=log)
+    batches = _random_batches(model.config.vocab_size, B, T, opts.grad_accum, opts.seed, device)
+    log(f"model: {model.num_params():,} parameters; batch {B} x {T} tokens x {opts.grad_accum} micro-steps")
+    log(f"training: {opts.warmup} warm-up + {opts.steps} measured steps ...")
+
+    def step() -> torch.Tensor:
+        return train_step(fwd, optimizer, batches, runtime, grad_clip=OptimConfig().grad_clip, scaler=scaler)
+
+    t0 = time.perf_counter()
+    for _ in range(opts.warmup):
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    timing = time_calls(step, 0, opts.steps, device)
+    return {"warmup_seconds": warmup_s, "timing": timing}
+
+
 def run_bench(
     model_config: Any, opts: BenchConfig, batch_size: int, log: Callable[[str], None] = lambda s: None
 ) -> dict[str, Any]:
     """Measure training (and sampling) speed of ``model_config``; returns the result record."""
     from nanogpt import flops
-    from nanogpt.config import OptimConfig
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
-    from nanogpt.device import prepare_model
-    from nanogpt.optim import configure_optimizer
-    from nanogpt.trainer import train_step
 
     runtime = setup_runtime(opts.device, opts.dtype, opts.compile)
     device = runtime.device
@@ -225,84 +267,35 @@ def run_bench(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_bytes()
-
     torch.manual_seed(opts.seed)
-    model = GPT(model_config).to(device)
-    model.train()
-    optimizer = configure_optimizer(model, OptimConfig(), device)
-    scaler = torch.amp.GradScaler(device.type) if runtime.dtype is torch.float16 else None
-    fwd = prepare_model(model, runtime, T, log=log)
+    model = GPT(model_config).to(device).train()
+    trained = _time_training(model, opts, runtime, B, log)
+    timing = trained["timing"]
+    peak_mem, mem_kind = _peak_memory(device, rss_before)
 
-    g = torch.Generator().manual_seed(opts.seed)
-    # (B, T+1) random tokens -> inputs and next-token targets, one fixed batch per micro-step
-    batches = []
-    for _ in range(opts.grad_accum):
-        seq = torch.randint(0, model_config.vocab_size, (B, T + 1), generator=g)
-        batches.append((seq[:, :-1].contiguous().to(device), seq[:, 1:].contiguous().to(device)))
-
-    log(f"model: {model.num_params():,} parameters; batch {B} x {T} tokens x {opts.grad_accum} micro-steps")
-    log(f"training: {opts.warmup} warm-up + {opts.steps} measured steps ...")
-    grad_clip = OptimConfig().grad_clip
-    step = lambda: train_step(fwd, optimizer, batches, runtime, grad_clip=grad_clip, scaler=scaler)  # noqa: E731
-    t0 = time.perf_counter()
-    for _ in range(opts.warmup):
-        step()
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    timing = time_calls(step, 0, opts.steps, device)
-    times, losses = timing.per_call, timing.results
-
-    if device.type == "cuda":
-        peak_mem, mem_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
-    else:
-        max_rss = _max_rss_bytes()
-        peak_mem = max_rss - rss_before if max_rss is not None and rss_before is not None else None
-        mem_kind = "peak RSS growth of the process"
     tokens_per_step = B * T * opts.grad_accum
-    mean_s = timing.mean
-    tok_s = tokens_per_step / mean_s
+    tok_s = tokens_per_step / timing.mean
     fpt = flops.flops_per_token(model_config, T)
     if device.type == "cpu":
         log("peak FLOP/s of this CPU: measured once per dtype (about a second), cached in " + str(flops.cache_path()))
         peak = flops.cpu_peak_flops(runtime.dtype, remeasure=opts.remeasure_peak)
     else:
         peak = flops.peak_flops(device, runtime.dtype)
-    mfu = flops.mfu(tok_s, model_config, T, device, runtime.dtype, peak=peak)
-
     result: dict[str, Any] = {
-        "device": str(device),
-        "device_name": device_label(device),
-        "dtype": dtype_name(runtime.dtype),
-        "compile": runtime.compile,
-        "model": model_config.to_dict(),
-        "params": model.num_params(),
-        "matmul_params": flops.matmul_params(model_config),
-        "batch_size": B,
-        "seq_len": T,
-        "grad_accum": opts.grad_accum,
-        "tokens_per_step": tokens_per_step,
-        "warmup_steps": opts.warmup,
-        "warmup_seconds": warmup_s,
-        "steps": opts.steps,
-        "ms_per_step": 1000 * mean_s,
-        "ms_per_step_median": 1000 * _median(times),
-        "ms_per_step_min": 1000 * min(times),
-        "tokens_per_second": tok_s,
-        "flops_per_token": fpt,
-        "achieved_tflops": tok_s * fpt / 1e12,
-        "peak_tflops": peak / 1e12 if peak else None,
-        "mfu": mfu,
-        "peak_memory_bytes": peak_mem,
-        "memory_kind": mem_kind,
-        "loss_first": float(losses[0]),
-        "loss_last": float(losses[-1]),
-        "sampling": None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
+        "device": str(device), "device_name": device_label(device), "dtype": dtype_name(runtime.dtype),
+        "compile": runtime.compile, "model": model_config.to_dict(), "params": model.num_params(),
+        "matmul_params": flops.matmul_params(model_config), "batch_size": B, "seq_len": T,
+        "grad_accum": opts.grad_accum, "tokens_per_step": tokens_per_step, "warmup_steps": opts.warmup,
+        "warmup_seconds": trained["warmup_seconds"], "steps": opts.steps,
+        "ms_per_step": 1000 * timing.mean, "ms_per_step_median": 1000 * _median(timing.per_call),
+        "ms_per_step_min": 1000 * min(timing.per_call), "tokens_per_second": tok_s, "flops_per_token": fpt,
+        "achieved_tflops": tok_s * fpt / 1e12, "peak_tflops": peak / 1e12 if peak else None,
+        "mfu": flops.mfu(tok_s, model_config, T, device, runtime.dtype, peak=peak),
+        "peak_memory_bytes": peak_mem, "memory_kind": mem_kind,
+        "loss_first": float(timing.results[0]), "loss_last": float(timing.results[-1]), "sampling": None,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    del optimizer, batches
     if opts.sample_tokens > 0:
         prompt = min(opts.prompt_tokens, max(1, T - 1))
         new = min(opts.sample_tokens, T - prompt)

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _top_help() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        f"usage: nanogpt [--version] [--debug] <command> [options]",
+        "usage: nanogpt [--version] [--debug] <command> [options]",
         "",
         "Train, fine-tune, inspect and sample GPT-2-style language models.",
         "",

@@ -104,7 +104,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str) 
             kw["metavar"] = "BOOL"
         else:
             kw["metavar"] = getattr(tp, "__name__", "VALUE").upper()
-        parser.add_argument(flag, **kw)
+        group.add_argument(flag, **kw)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

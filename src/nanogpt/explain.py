@@ -150,7 +150,6 @@ def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ..
     Keys are those of :func:`forward_table`, with ``h.{i}.`` for block i (``h.0.q``, ...).
     Works on the meta device (shapes only, nothing computed) and on real devices.
     """
-    import torch
 
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []

@@ -5,8 +5,8 @@ One process and ``torchrun`` take the same path. A :class:`Trainer` holds one ru
 scaler, batch loader, logger) and advances it with small methods: :meth:`Trainer.step`,
 :meth:`Trainer.evaluate_and_save`, :meth:`Trainer.save`, :meth:`Trainer.run`.
 
-The pieces other commands reuse, :func:`train_step` and :func:`estimate_loss`, are defined
-here once. The optimizer and its learning-rate schedule are in ``nanogpt.optim``, the logging
+The pieces other commands reuse, ``train_step`` and ``estimate_loss``, are in
+``nanogpt.step``. The optimizer and its learning-rate schedule are in ``nanogpt.optim``, the logging
 in ``nanogpt.runlog``, the ``nanogpt train`` command in ``nanogpt.train``.
 """
 
@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,160 +42,18 @@ from nanogpt.errors import NanoGPTError
 from nanogpt.model import GPT
 from nanogpt.optim import configure_optimizer, lr_at
 from nanogpt.runlog import Logger
+from nanogpt.step import (
+    StopRequested,
+    all_reduce_any,
+    all_reduce_mean,
+    estimate_loss,
+    gather_loader_states,
+    rng_state,
+    set_rng_state,
+    train_step,
+)
 
 Log = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------------------------
-# The step and the evaluation (shared with `nanogpt bench` and the benchmarks)
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    runtime: Runtime,
-    grad_clip: float,
-    scaler: torch.amp.GradScaler | None = None,
-) -> torch.Tensor:
-    """One optimizer step over the micro-batches; returns the mean loss (a 0-d tensor).
-
-    Under DDP, gradients are all-reduced only on the last micro-step (``no_sync`` before).
-    The caller sets the learning rate beforehand.
-    """
-    n = len(batches)
-    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    total = torch.zeros((), device=runtime.device)
-    for i, (x, y) in enumerate(batches):
-        sync = nullcontext() if (not ddp or i == n - 1) else model.no_sync()
-        with sync:
-            with runtime.autocast():
-                _, loss = model(x, y, return_logits=False)
-            loss = loss / n  # gradients of the mean over all micro-batches
-            total += loss.detach()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module, splits: dict[str, Any], cfg: TrainConfig, runtime: Runtime, seed: int
-) -> dict[str, float]:
-    """Mean loss over ``run.eval_iters`` batches per split, averaged over all processes.
-
-    Each evaluation draws the same batches (its own loader with a fixed seed), so successive
-    evaluations compare like with like and training's random streams are left untouched.
-    """
-    from nanogpt.data.loader import BatchLoader
-
-    was_training = model.training
-    model.eval()
-    out = {}
-    for name, tokens in splits.items():
-        loader = BatchLoader(
-            tokens, cfg.model.block_size, cfg.data.batch_size, seed=seed, rank=runtime.dist.rank,
-            world_size=runtime.dist.world_size, device=runtime.device,
-        )
-        losses = torch.zeros(cfg.run.eval_iters, device=runtime.device)
-        for k in range(cfg.run.eval_iters):
-            x, y = loader.next_batch()
-            with runtime.autocast():
-                _, loss = model(x, y, return_logits=False)
-            losses[k] = loss.float()
-        mean = losses.mean()
-        if runtime.dist.enabled:
-            mean = _all_reduce_mean(mean, runtime)
-        out[name] = mean.item()
-    model.train(was_training)
-    return out
-
-
-def _all_reduce_mean(t: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    import torch.distributed as tdist
-
-    t = t.detach().clone()
-    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)  # gloo has no AVG
-    return t / runtime.dist.world_size
-
-
-def _all_reduce_any(flags: list[bool], runtime: Runtime) -> list[bool]:
-    import torch.distributed as tdist
-
-    t = torch.tensor([float(f) for f in flags], device=runtime.device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
-def gather_loader_states(loader: Any, dist: Dist) -> dict[str, Any]:
-    """Every rank's loader state, keyed by rank (all ranks must call this together)."""
-    state = loader.state_dict()
-    if not dist.enabled:
-        return {"0": state}
-    import torch.distributed as tdist
-
-    states: list[Any] = [None] * dist.world_size
-    tdist.all_gather_object(states, state)
-    return {str(r): s for r, s in enumerate(states)}
-
-
-# --------------------------------------------------------------------------------------------
-# Random streams and signals
-
-
-def rng_state() -> dict[str, Any]:
-    """The process's random streams (CPU, and every CUDA device's when there is CUDA)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore streams saved by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class StopRequested:
-    """Turns the first SIGINT/SIGTERM into a flag so the loop can save and exit cleanly.
-
-    A second signal restores the default behaviour (Ctrl-C twice kills at once).
-    """
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequested":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,21 +131,7 @@ def build_model(init_from: str, model_cfg: GPTConfig, data_vocab: int, vocab_giv
         if vocab_given and model_cfg.vocab_size < data_vocab:
             raise NanoGPTError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the dataset's vocabulary ({data_vocab})")
         return GPT(dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size if vocab_given else data_vocab))
-    from nanogpt import hf
-
-    if Path(init_from).is_dir() and is_run_dir(init_from):
-        ck = load_checkpoint(init_from, "best", trainer=False)
-        model = GPT(GPTConfig(**{**ck.model_config.to_dict(), "dropout": model_cfg.dropout}))
-        load_weights(model, ck.model_state)
-        log(f"initialised from run {init_from} (iteration {ck.info.get('iter')})")
-    elif (Path(init_from).is_dir() and hf.is_hf_dir(init_from)) or init_from in hf.HUB_NAMES:
-        model = GPT.from_pretrained(init_from, dropout=model_cfg.dropout)
-        log(f"initialised from Hugging Face GPT-2 {init_from}")
-    else:
-        raise NanoGPTError(
-            f"run.init_from '{init_from}' is not scratch, resume, a GPT-2 name ({', '.join(hf.HUB_NAMES)}), "
-            "a Hugging Face GPT-2 folder or a run folder"
-        )
+    model = pretrained_model(init_from, model_cfg.dropout, log)
     block, base = model_cfg.block_size, model.config
     if block > base.block_size:
         raise NanoGPTError(
@@ -303,6 +145,22 @@ def build_model(init_from: str, model_cfg: GPTConfig, data_vocab: int, vocab_giv
             f"the dataset's vocabulary ({data_vocab}) is larger than the model's ({base.vocab_size}); "
             "prepare the data with the model's tokenizer (--tokenizer gpt2)"
         )
+    return model
+
+
+def pretrained_model(init_from: str, dropout: float, log: Log) -> GPT:
+    """The model ``init_from`` names (a run folder's best checkpoint, an HF GPT-2 folder or hub name), with ``dropout``."""
+    from nanogpt.resolve import LOADABLE, resolve_source
+
+    src = resolve_source(init_from, LOADABLE, label="run.init_from (scratch, resume, or a model)")
+    if src.kind == "run":
+        ck = load_checkpoint(src.path, "best", trainer=False)
+        model = GPT(GPTConfig(**{**ck.model_config.to_dict(), "dropout": dropout}))
+        load_weights(model, ck.model_state)
+        log(f"initialised from run {init_from} (iteration {ck.info.get('iter')})")
+        return model
+    model = GPT.from_pretrained(src.name, dropout=dropout)
+    log(f"initialised from Hugging Face GPT-2 {init_from}")
     return model
 
 
@@ -505,7 +363,7 @@ class Trainer:
         batches = [self.loader.next_batch() for _ in range(self.micro_steps)]
         loss_t = train_step(self.fwd, self.optimizer, batches, self.runtime, self.cfg.optim.grad_clip, self.scaler)
         if self.dist.enabled:  # report the mean over all ranks, as one process would
-            loss_t = _all_reduce_mean(loss_t, self.runtime)
+            loss_t = all_reduce_mean(loss_t, self.runtime)
         loss = loss_t.item()  # syncs the device, so the timing below is real
         self.train_time += time.perf_counter() - t0
         self.iter += 1
@@ -546,7 +404,7 @@ class Trainer:
         run = self.cfg.run
         flags = [stop.signal is not None, bool(run.max_seconds and self.train_time >= run.max_seconds)]
         if self.dist.enabled:  # decide together, or the ranks' collectives would not match
-            flags = _all_reduce_any(flags, self.runtime)
+            flags = all_reduce_any(flags, self.runtime)
         if flags[0]:
             return "signal"
         if flags[1]:
