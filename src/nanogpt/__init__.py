@@ -1,7 +1,10 @@
 """nanogpt: train, fine-tune, inspect and sample GPT-2-style language models.
 
-Importing the package does nothing heavy; ``from nanogpt import GPT, GPTConfig`` imports torch
-and the model on first use.
+New here? Read ``nanogpt/model.py`` first: the whole Transformer, from token ids ``[B, T]`` to
+logits ``[B, T, V]``, in one file of math. The README's *Layout* section maps the rest.
+
+Importing the package does nothing heavy: ``from nanogpt import GPTConfig`` needs no torch,
+``from nanogpt import GPT`` imports torch and the model on first use.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ __all__ = ["GPT", "GPTConfig", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("GPT", "GPTConfig"):
-        from nanogpt import model
+    if name == "GPTConfig":
+        from nanogpt.config import GPTConfig
 
-        return getattr(model, name)
+        return GPTConfig
+    if name == "GPT":
+        from nanogpt.model import GPT
+
+        return GPT
     raise AttributeError(f"module 'nanogpt' has no attribute {name!r}")

@@ -200,8 +200,8 @@ def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torc
     ]
     kwargs: dict[str, Any] = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
     if device.type in ("cuda", "cpu"):
-        # One kernel for the whole update (CPU too, since torch 2.4): on GPT-2 small on our CPU
-        # the optimizer step went from ~700 ms with foreach to ~165 ms.
+        # One kernel for the whole update (CPU too, since torch 2.4): several times faster than
+        # foreach on CPUs (benchmarks/README.md, "Runtime choices").
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True  # multi-tensor kernels instead of a Python loop over parameters
