@@ -30,7 +30,7 @@ def _known_cpu_peak(tmp_path, monkeypatch):
     # A fixed CPU peak (no probe, no writes to the real ~/.cache) keeps the test fast and exact.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(flops, "_cpu_peak_memory", {})
-    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype, seconds_per_shape=0.0: 1e11)
+    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype, seconds_per_shape=0.0, shapes=(): 1e11)
 
 
 def test_json_has_every_field(capsys):

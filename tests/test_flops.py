@@ -138,7 +138,7 @@ def test_cpu_peak_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(flops, "_cpu_peak_memory", {})
     calls = []
 
-    def fake_measure(dtype, seconds_per_shape=0.0):
+    def fake_measure(dtype, seconds_per_shape=0.0, shapes=()):
         calls.append(dtype)
         return 123e9
 
@@ -189,7 +189,7 @@ def test_remeasure_keeps_the_higher_peak(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(flops, "_cpu_peak_memory", {})
     readings = iter([100e9, 50e9, 300e9])
-    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype, seconds_per_shape=0.0: next(readings))
+    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype, seconds_per_shape=0.0, shapes=(): next(readings))
     assert flops.cpu_peak_flops(torch.float32) == 100e9
     assert flops.cpu_peak_flops(torch.float32, remeasure=True) == 100e9  # a disturbed probe reads low
     assert flops.cpu_peak_flops(torch.float32, remeasure=True) == 300e9
@@ -218,3 +218,61 @@ def test_cuda_peak_uses_the_device_name(monkeypatch):
     assert flops.peak_flops(torch.device("cuda"), torch.bfloat16) is None
     cfg = _tiny()
     assert flops.format_mfu(flops.mfu(1e6, cfg, 32, torch.device("cuda"), torch.bfloat16)) == "MFU: unknown peak"
+
+
+def _fake_cpu(monkeypatch, name, flags):
+    from nanogpt import cpu
+
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: (name, frozenset(flags)))
+
+
+def test_cpu_peak_cache_tells_cpus_with_the_same_name_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(flops, "_cpu_peak_memory", {})
+    readings = iter([4e12, 1e12])
+    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype, seconds_per_shape=0.0, shapes=(): next(readings))
+    _fake_cpu(monkeypatch, "Intel(R) Xeon(R) Processor", {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert flops.cpu_peak_flops(torch.bfloat16) == 4e12
+    _fake_cpu(monkeypatch, "Intel(R) Xeon(R) Processor", {"avx512f", "avx512_bf16"})  # same name, no AMX
+    assert flops.cpu_peak_flops(torch.bfloat16) == 1e12  # probed anew, not AMX's cached figure
+    keys = json.loads((tmp_path / "nanogpt" / "cpu_peak.json").read_text())
+    assert len(keys) == 2 and any("amx_bf16" in k for k in keys)
+
+
+def test_step_shapes_are_the_forward_matmuls_capped_at_the_probe_rows():
+    cfg = _tiny()
+    C, V = cfg.n_embd, cfg.vocab_size
+    assert flops.step_shapes(cfg, 12 * 16) == ((192, C, 3 * C), (192, C, C), (192, C, 4 * C), (192, 4 * C, C), (192, C, V))
+    assert flops.step_shapes(cfg, 16 * 1024)[0][0] == 2048
+
+
+def test_mfu_meter_never_reads_above_100_percent(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(flops, "_cpu_peak_memory", {})
+    probes = []
+
+    def probe(dtype, seconds_per_shape=0.0, shapes=()):
+        probes.append(shapes)
+        return 1e9  # a probe taken at a busy moment: lower than what the step then reaches
+
+    monkeypatch.setattr(flops, "measure_cpu_peak", probe)
+    cfg = _tiny()
+    meter = flops.MFUMeter(cfg, 4 * cfg.block_size, "cpu", torch.float32)
+    assert probes == [flops.step_shapes(cfg, 4 * cfg.block_size)]  # the step's own shapes are probed
+    fpt = flops.flops_per_token(cfg, cfg.block_size)
+    assert meter(0.5e9 / fpt) == pytest.approx(0.5)
+    assert meter(3e9 / fpt) == pytest.approx(1.0)  # beat the peak: probed again once, then raised to the step's rate
+    assert len(probes) == 2 and "raised to the step's own rate" in meter.note
+    assert meter(1.5e9 / fpt) == pytest.approx(0.5)  # against the raised peak from then on
+
+
+def test_dtype_reason_and_label_name_what_the_cpu_has(monkeypatch):
+    from nanogpt import device
+
+    _fake_cpu(monkeypatch, "Xeon", {"avx512f", "avx512_bf16"})
+    assert device.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16, "CPU has AVX-512 BF16")
+    assert device.device_label(torch.device("cpu")).startswith("Xeon (AVX-512 BF16, AVX-512), ")
+    _fake_cpu(monkeypatch, "Xeon", {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert device.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16, "CPU has AMX and AVX-512 BF16")
+    _fake_cpu(monkeypatch, "Old", {"avx2", "fma"})
+    assert device.resolve_dtype("auto", torch.device("cpu")) == (torch.float32, "CPU has no native bf16 matmul (AVX2, FMA)")

@@ -19,13 +19,13 @@ The measurements behind these choices are in ``benchmarks/README.md`` ("Runtime 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nanogpt import cpu
 from nanogpt.errors import NanoGPTError
 
 if TYPE_CHECKING:
@@ -59,28 +59,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 autocast pays."""
-    flags = cpu_flags()
-    if {"avx512_bf16", "amx_bf16"} & flags:
-        return True
-    # Apple silicon and other ARM chips with BF16 dot products.
-    return "bf16" in flags and "asimd" in flags
-
-
 def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     """The compute dtype for ``device`` and the reason it was chosen."""
     if name != "auto":
@@ -95,9 +73,10 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
             return torch.bfloat16, "CUDA GPU with bf16"
         return torch.float16, "CUDA GPU without bf16: float16 with loss scaling"
     if device.type == "cpu":
-        if cpu_has_fast_bf16():
-            return torch.bfloat16, "CPU has AVX-512 BF16/AMX"
-        return torch.float32, "CPU has no native bf16 (no AVX-512 BF16/AMX)"
+        features = cpu.matmul_features()
+        if cpu.has_fast_bf16():
+            return torch.bfloat16, f"CPU has {' and '.join(f for f in features if 'BF16' in f or f == 'AMX')}"
+        return torch.float32, f"CPU has no native bf16 matmul ({', '.join(features) or 'no SIMD features found'})"
     return torch.float32, f"{device.type}: float32"
 
 
@@ -256,14 +235,8 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
-        except OSError:
-            pass
-        return f"{torch.get_num_threads()} threads"
+        features = cpu.matmul_features()[:2]  # the two most capable: 'AMX, AVX-512 BF16'
+        return f"{cpu.cpu_name()}{' (' + ', '.join(features) + ')' if features else ''}, {torch.get_num_threads()} threads"
     return ""
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 import torch
 
+from nanogpt import cpu
 from nanogpt.config import GPTConfig
 
 # --------------------------------------------------------------------------------------------
@@ -213,29 +213,29 @@ _PROBE_SECONDS = 0.25  # per shape, after one warm-up call
 _cpu_peak_memory: dict[str, float] = {}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
 def cache_path() -> Path:
     """Where measured CPU peaks are kept: $XDG_CACHE_HOME/nanogpt/cpu_peak.json (~/.cache/...)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nanogpt" / "cpu_peak.json"
 
 
-def _cpu_cache_key(dtype_key_: str) -> str:
-    return f"{_cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype_key_}"
+Shape = tuple[int, int, int]  # (M, K, N) of (M, K) @ (K, N)
 
 
-def measure_cpu_peak(dtype: torch.dtype, seconds_per_shape: float = _PROBE_SECONDS) -> float:
-    """Best matmul FLOP/s this CPU reaches in ``dtype`` over a few Transformer-like shapes.
+def _cpu_cache_key(dtype_key_: str, shapes: tuple[Shape, ...] = ()) -> str:
+    # The CPU's features are in the key: VMs name CPUs with and without AMX alike.
+    key = f"{cpu.signature()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype_key_}"
+    return key + (f" | + {' '.join('x'.join(map(str, s)) for s in shapes)}" if shapes else "")
+
+
+def step_shapes(config: GPTConfig, rows: int) -> tuple[Shape, ...]:
+    """The forward matmuls of a training step of ``config`` on ``rows`` tokens (capped at the probe's 2048 rows)."""
+    m, C = min(rows, _PROBE_SHAPES[0][0]), config.n_embd
+    return ((m, C, 3 * C), (m, C, C), (m, C, 4 * C), (m, 4 * C, C), (m, C, config.vocab_size))
+
+
+def measure_cpu_peak(dtype: torch.dtype, seconds_per_shape: float = _PROBE_SECONDS, shapes: tuple[Shape, ...] = ()) -> float:
+    """Best matmul FLOP/s this CPU reaches in ``dtype`` over a few Transformer-like shapes and ``shapes``.
 
     The best single call is kept (not the mean), so other load on the machine lowers the figure
     less; a peak measured low would flatter MFU, one measured high only makes it conservative.
@@ -243,7 +243,7 @@ def measure_cpu_peak(dtype: torch.dtype, seconds_per_shape: float = _PROBE_SECON
     best = 0.0
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        for m, k, n in _PROBE_SHAPES:
+        for m, k, n in [*_PROBE_SHAPES, *shapes]:
             x = torch.randn(m, k, generator=gen).to(dtype)  # (M, K)
             w = torch.randn(n, k, generator=gen).to(dtype)  # (N, K), like nn.Linear.weight
             torch.nn.functional.linear(x, w)  # warm-up: oneDNN picks and packs its kernel
@@ -279,13 +279,16 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
         pass
 
 
-def cpu_peak_flops(dtype: torch.dtype, remeasure: bool = False) -> float:
+def cpu_peak_flops(dtype: torch.dtype, remeasure: bool = False, shapes: tuple[Shape, ...] = ()) -> float:
     """Measured peak matmul FLOP/s of this CPU in ``dtype``, cached in memory and on disk.
 
-    ``remeasure=True`` probes again and keeps the higher of the new and the cached figure: a
-    probe disturbed by other processes reads low, and a low peak would overstate MFU.
+    ``shapes`` adds a step's own matmuls to the probe (see :func:`step_shapes`), so the peak
+    bounds what that step can reach. Cached per CPU model and features, thread count, torch
+    version, dtype and shapes. ``remeasure=True`` probes again and keeps the higher of the new
+    and the cached figure: a probe disturbed by other processes reads low, and a low peak
+    would overstate MFU.
     """
-    key = _cpu_cache_key(dtype_key(dtype))
+    key = _cpu_cache_key(dtype_key(dtype), tuple(shapes))
     cached = _cpu_peak_memory.get(key)
     if cached is None:
         stored = _read_cache(cache_path()).get(key)
@@ -294,7 +297,7 @@ def cpu_peak_flops(dtype: torch.dtype, remeasure: bool = False) -> float:
     if cached is not None and not remeasure:
         _cpu_peak_memory[key] = cached
         return cached
-    peak = max(measure_cpu_peak(dtype), cached or 0.0)
+    peak = max(measure_cpu_peak(dtype, shapes=tuple(shapes)), cached or 0.0)
     _cpu_peak_memory[key] = peak
     data = _read_cache(cache_path())
     data[key] = peak
@@ -306,7 +309,7 @@ def cpu_peak_flops(dtype: torch.dtype, remeasure: bool = False) -> float:
 # Peak and MFU for a device
 
 
-def peak_flops(device: torch.device | str, dtype: torch.dtype) -> float | None:
+def peak_flops(device: torch.device | str, dtype: torch.dtype, shapes: tuple[Shape, ...] = ()) -> float | None:
     """Peak dense matmul FLOP/s of ``device`` in ``dtype``; None when it is not known.
 
     CUDA/ROCm: from ``PEAK_FLOPS`` by ``torch.cuda.get_device_name``. CPU: measured once by
@@ -316,7 +319,7 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype) -> float | None:
     if device.type == "cuda":
         return gpu_peak_flops(torch.cuda.get_device_name(device), dtype_key(dtype, device))
     if device.type == "cpu":
-        return cpu_peak_flops(dtype)
+        return cpu_peak_flops(dtype, shapes=shapes)
     return None
 
 
@@ -339,6 +342,43 @@ def mfu(
     if not peak:
         return None
     return tokens_per_second * flops_per_token(config, seq_len) / peak
+
+
+class MFUMeter:
+    """MFU of a training run, against a peak that the run's own step cannot exceed.
+
+    The peak is the data sheet's on GPUs and, on CPUs, the probe with the step's own matmul
+    shapes added. If the step still beats it (the probe ran at a busy moment), the probe runs
+    again once and then the step's own rate counts as the peak, so MFU never reads above 100%;
+    :attr:`note` says which peak is in use.
+    """
+
+    def __init__(self, config: GPTConfig, tokens_per_step: int, device: torch.device | str, dtype: torch.dtype) -> None:
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
+        self.shapes = step_shapes(config, tokens_per_step) if self.device.type == "cpu" else ()
+        self.peak = peak_flops(self.device, dtype, self.shapes)
+        self.remeasured = False
+        self.note = self._describe("")
+
+    def _describe(self, why: str) -> str:
+        if not self.peak:
+            return "MFU: no known peak for this device"
+        source = "data sheet" if self.device.type == "cuda" else "measured, with this model's matmul shapes"
+        return f"MFU against a {dtype_key(self.dtype, self.device)} peak of {self.peak / 1e12:.3g} TFLOP/s ({source}{why})"
+
+    def __call__(self, tokens_per_second: float) -> float | None:
+        """MFU (a fraction) at ``tokens_per_second`` training tokens; None without a peak."""
+        if not self.peak:
+            return None
+        achieved = tokens_per_second * flops_per_token(self.config, self.config.block_size)
+        if achieved > self.peak and self.device.type == "cpu" and not self.remeasured:
+            self.remeasured = True
+            self.peak = cpu_peak_flops(self.dtype, remeasure=True, shapes=self.shapes)
+            self.note = self._describe("; probed again: the step beat the cached peak")
+        if achieved > self.peak:
+            self.peak = achieved
+            self.note = self._describe("; raised to the step's own rate, which beat the probe")
+        return achieved / self.peak
 
 
 def format_mfu(value: float | None) -> str:
