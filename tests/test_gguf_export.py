@@ -75,3 +75,16 @@ def test_gelu_note_measures_the_tanh_difference_and_restores_the_model():
     note = gelu_note(model, list(range(10)))
     assert note.startswith("note: this model was trained with the exact GELU") and "top token agrees" in note
     assert torch.equal(model(torch.arange(10).unsqueeze(0))[0], before)
+
+
+def test_trained_bpe_tokenizer_is_embedded_with_its_merges(tmp_path):
+    from nanogpt.bpe import train_bpe
+
+    bpe = train_bpe(["the cat sat on the mat, the end.\n" * 50], vocab_size=300)
+    model = tiny(bpe.vocab_size)
+    _, fields, _ = read(write_gguf(model.config, model.state_dict(), bpe, tmp_path / "m.gguf", kind="f32"))
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == bpe.vocab_size and tokens[bpe.eot_id] == "<|endoftext|>"
+    merges = fields["tokenizer.ggml.merges"]
+    assert merges and all(len(m.split(" ")) == 2 for m in merges)
+    assert all("".join(m.split(" ")) in tokens for m in merges)  # each merge makes a token of the vocabulary

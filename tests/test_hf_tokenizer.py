@@ -49,3 +49,16 @@ def test_char_files_give_our_ids_and_text(tmp_path):
 def test_unknown_tokenizer_is_one_line(tmp_path):
     with pytest.raises(NanoGPTError, match="no Hugging Face tokenizer files"):
         write_hf_tokenizer(object(), tmp_path, 8)
+
+
+def test_trained_bpe_files_give_our_ids_and_text(tmp_path):
+    from nanogpt.bpe import train_bpe
+
+    text = "吾輩は猫である。名前はまだ無い。\nFirst Citizen: speak, speak.\n" * 30
+    ours = train_bpe([text], vocab_size=400)
+    write_hf_tokenizer(ours, tmp_path, model_max_length=128)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for sample in [*TEXTS, text[:80]]:
+        ids = hf(sample)["input_ids"]
+        assert ids == ours.encode(sample), sample
+        assert hf.decode(ids) == ours.decode(ids) == sample

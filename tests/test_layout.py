@@ -16,10 +16,10 @@ FLOORS = {
     # leaves: no torch model, no run state
     "errors": 0, "cpu": 0,
     "config": 1, "tokenizer": 1, "data.format": 1,
-    "hf": 2, "hf_tokenizer": 2, "nanogpt_format": 2, "optim": 2, "data.corpora": 2, "data.loader": 2,
+    "hf": 2, "bpe": 2, "hf_tokenizer": 3, "nanogpt_format": 2, "optim": 2, "data.corpora": 2, "data.loader": 2,
     # the teaching core, then what the runtime applies to it from outside
     "model": 3, "resolve": 3,
-    "ops": 4, "flops": 4, "gguf_export": 2,
+    "ops": 4, "flops": 4, "gguf_export": 3,
     "device": 5, "checkpoint": 5, "data.preparation": 5,
     "generate": 6, "runlog": 6, "step": 6,
     # libraries behind the commands

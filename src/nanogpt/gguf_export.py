@@ -6,8 +6,9 @@ Tensor names and metadata are those of llama.cpp's ``gpt2`` architecture: ``toke
 ``output`` (a copy of the tied embedding). Models without biases get zero biases, which compute
 the same function, since the loader expects them. Matrices are written in the chosen type
 (f32, f16, bf16, q8_0); norms, biases and position embeddings stay f32, as llama.cpp's own
-converter keeps them. The tokenizer is GPT-2's byte-level BPE (its vocabulary and merges) or,
-for an ASCII character vocabulary, that vocabulary as single-byte tokens with no merges.
+converter keeps them. The tokenizer is GPT-2's byte-level BPE (its vocabulary and merges), a
+BPE trained on the corpus (byte-level too), or, for an ASCII character vocabulary, that
+vocabulary as single-byte tokens with no merges.
 
 llama.cpp computes GPT-2's MLP with the tanh GELU; :func:`gelu_note` measures what that changes
 for a model trained with the exact one. Uses the ``gguf`` package (the ``gguf`` extra).
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nanogpt.bpe import BPETokenizer
 from nanogpt.config import GPTConfig
 from nanogpt.errors import NanoGPTError
 from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer, gpt2_data_files
@@ -76,6 +78,11 @@ def _tokenizer_fields(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[
             )
         alphabet = _byte_level_alphabet()
         return [alphabet[ord(c)] for c in tokenizer.chars], [], None
+    if isinstance(tokenizer, BPETokenizer):  # the same byte-level alphabet as GPT-2's
+        model = json.loads(tokenizer.tokenizer_json)["model"]
+        vocab = {**model["vocab"], **{t["content"]: t["id"] for t in json.loads(tokenizer.tokenizer_json)["added_tokens"]}}
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        return sorted(vocab, key=vocab.__getitem__), merges, tokenizer.eot_id
     raise NanoGPTError(f"no GGUF tokenizer for the '{getattr(tokenizer, 'name', tokenizer)}' tokenizer")
 
 

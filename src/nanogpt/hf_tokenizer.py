@@ -9,7 +9,8 @@ without a warning. This writes, for
   ``<|endoftext|>`` as the special token), ``tokenizer_config.json`` and ``special_tokens_map.json``;
 * a character vocabulary: a ``tokenizer.json`` with one token per character (a word-level model
   over single characters, joined back without spaces); a character outside the vocabulary is an
-  error there as it is here, since the vocabulary has no unknown token.
+  error there as it is here, since the vocabulary has no unknown token;
+* a BPE trained on the corpus (``nanogpt.bpe``): its own ``tokenizer.json``, unchanged.
 
 ``tokenizers`` is imported lazily (it comes with transformers and with the ``hf`` extra).
 """
@@ -22,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nanogpt.bpe import BPETokenizer
 from nanogpt.errors import NanoGPTError
 from nanogpt.tokenizer import GPT2_EOT, CharTokenizer, GPT2Tokenizer, gpt2_data_files
 
@@ -79,4 +81,11 @@ def write_hf_tokenizer(tokenizer: Any, out_dir: str | os.PathLike, model_max_len
         _write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
                                                     "model_max_length": model_max_length, "clean_up_tokenization_spaces": False})
         return ["tokenizer.json", "tokenizer_config.json"]
+    if isinstance(tokenizer, BPETokenizer):
+        (out / "tokenizer.json").write_text(tokenizer.tokenizer_json, encoding="utf-8")
+        special = {"bos_token": GPT2_EOT, "eos_token": GPT2_EOT}
+        _write_json(out / "special_tokens_map.json", special)
+        _write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                    "model_max_length": model_max_length, **special})
+        return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
     raise NanoGPTError(f"no Hugging Face tokenizer files for the '{getattr(tokenizer, 'name', tokenizer)}' tokenizer")
