@@ -34,10 +34,11 @@ def _counted(config: GPTConfig, B: int, T: int, backward: bool) -> dict:
     return {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}, counter.get_total_flops()
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
 @pytest.mark.parametrize("backward", [True, False])
 @pytest.mark.parametrize("T", [32, 17])
-def test_formula_equals_counted_matmul_flops(backward, T):
-    config = _tiny()
+def test_formula_equals_counted_matmul_flops(backward, T, arch):
+    config = _tiny(arch=arch, tie_embeddings=arch == "gpt2")
     B = 3
     _, total = _counted(config, B, T, backward)
     assert total == pytest.approx(B * T * flops.flops_per_token(config, T, backward=backward), rel=0, abs=0)

@@ -125,19 +125,31 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class GPTConfig:
-    """Shape of a GPT-2-style model (the math is in ``nanogpt.model``). Defaults are GPT-2 small (124M)."""
+    """Shape of a GPT-2-style model (the math is in ``nanogpt.model``). Defaults are GPT-2 small (124M).
 
+    ``arch`` picks the block: ``gpt2`` (learned positions, LayerNorm, GELU MLP, tied head) or
+    ``modern`` (rotary positions, RMSNorm, optional QK-norm, SwiGLU MLP, no biases, optional
+    untied head: the Llama/Qwen3 block).
+    """
+
+    arch: Literal["gpt2", "modern"] = _help("the block: gpt2 (GPT-2's) or modern (rotary, RMSNorm, QK-norm, SwiGLU)",
+                                            default="gpt2")
     block_size: int = _help("context length in tokens (positions in wpe)", default=1024)
     vocab_size: int = _help("number of token ids (rows of wte)", default=50257)
     n_layer: int = _help("number of Transformer blocks", default=12)
     n_head: int = _help("attention heads per block; n_embd must divide by it", default=12)
     n_embd: int = _help("channels of the residual stream (C)", default=768)
     dropout: float = _help("dropout probability in [0, 1); 0 for pretraining", default=0.0)
-    bias: bool = _help("biases in Linear and LayerNorm layers (GPT-2: true)", default=True)
+    bias: bool = _help("biases in Linear and LayerNorm layers (GPT-2: true; modern: always false)", default=True)
     activation: Literal["gelu_tanh", "gelu"] = _help(
         "MLP activation: gelu_tanh (GPT-2's tanh approximation) or gelu (exact erf form; much faster on CPUs)",
         default="gelu_tanh",
     )
+    mlp_hidden: int = _help("modern only: SwiGLU hidden width (0: 8/3 n_embd rounded up to a multiple of 64)", default=0)
+    rope_theta: float = _help("modern only: base of the rotary position angles", default=10000.0)
+    qk_norm: bool = _help("modern only: RMSNorm on each head's queries and keys before the rotation (Qwen3)",
+                          default=True)
+    tie_embeddings: bool = _help("the output head shares wte's matrix (gpt2: always)", default=True)
 
     # Published GPT-2 sizes; every other field keeps its default (vocab 50257, block 1024, bias).
     PRESETS: ClassVar[dict[str, dict[str, int]]] = {
@@ -162,6 +174,26 @@ class GPTConfig:
             raise NanoGPTError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in ("gelu_tanh", "gelu"):
             raise NanoGPTError(f"model.activation must be gelu_tanh or gelu, got {self.activation!r}")
+        self._check_modern()
+
+    def _check_modern(self) -> None:
+        if self.arch not in ("gpt2", "modern"):
+            raise NanoGPTError(f"model.arch must be gpt2 or modern, got {self.arch!r}")
+        if isinstance(self.mlp_hidden, bool) or not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0:
+            raise NanoGPTError(f"model.mlp_hidden must be a non-negative integer (0 = automatic), got {self.mlp_hidden!r}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 1:
+            raise NanoGPTError(f"model.rope_theta must be a number above 1, got {self.rope_theta!r}")
+        if self.arch == "gpt2" and not self.tie_embeddings:
+            raise NanoGPTError("model.tie_embeddings false needs model.arch modern (GPT-2's head is tied to wte)")
+        if self.arch == "modern" and self.head_dim % 2:
+            raise NanoGPTError(f"rotary positions rotate channel pairs: n_embd / n_head ({self.head_dim}) must be even")
+        if self.arch == "modern":  # resolved once, so a saved config states the real shape
+            self.bias, self.mlp_hidden = False, self.mlp_hidden or -(-8 * self.n_embd // 3 // 64) * 64
+
+    @property
+    def mlp_width(self) -> int:
+        """Hidden channels of the MLP: 4C for gpt2, mlp_hidden for modern."""
+        return 4 * self.n_embd if self.arch == "gpt2" else self.mlp_hidden
 
     @property
     def head_dim(self) -> int:

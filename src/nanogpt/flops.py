@@ -10,7 +10,8 @@ What counts as a FLOP here (the PaLM / nanoGPT convention, made exact for our mo
   and memory-bound, and no peak figure includes them).
 * ``N`` = the weights that take part in a matmul: per block ``c_attn`` (3C x C), ``attn.c_proj``
   (C x C), ``mlp.c_fc`` (4C x C) and ``mlp.c_proj`` (C x 4C), i.e. 12 C^2, plus ``lm_head``
-  (V x C, tied to ``wte``). Biases, LayerNorm weights and ``wpe`` are not in ``N``.
+  (V x C, tied to ``wte``). Biases, LayerNorm weights and ``wpe`` are not in ``N``. The modern
+  block has the same 4 C^2 of attention and a gated MLP of 3 C H (gate and up C -> H, down H -> C).
   A token's forward pass costs 2N for these, its backward pass 4N (gradients with respect to
   both the input and the weight), so 6N for a training step.
 * Attention: ``q @ k^T`` and ``att @ v`` each cost 2 * T * C per token and layer in the forward
@@ -47,10 +48,18 @@ from nanogpt.config import GPTConfig
 # FLOPs per token
 
 
+def _mlp_in_out(config: GPTConfig) -> tuple[int, int]:
+    """Output width of the MLP's first matmul and input width of its second: 4C, 4C (gpt2) or 2H, H (modern)."""
+    H = config.mlp_width
+    return (2 * H, H) if config.arch == "modern" else (H, H)
+
+
 def matmul_params(config: GPTConfig) -> int:
-    """N: weights used in a matmul (12 C^2 per block + lm_head V x C); no biases, norms or wpe."""
+    """N: weights used in a matmul (4 C^2 of attention + the MLP's two matrices per block, and the head V x C;
+    12 C^2 per block for gpt2); no biases, norms or wpe."""
     C = config.n_embd
-    return 12 * config.n_layer * C * C + config.vocab_size * C
+    fc_out, proj_in = _mlp_in_out(config)
+    return config.n_layer * (4 * C * C + C * fc_out + proj_in * C) + config.vocab_size * C
 
 
 def flops_breakdown(config: GPTConfig, seq_len: int | None = None) -> dict[str, float]:
@@ -70,8 +79,8 @@ def flops_breakdown(config: GPTConfig, seq_len: int | None = None) -> dict[str, 
         "attn_scores": 2.0 * L * T * C,  # one query row against T keys, over all heads: nh * T * hs = T * C
         "attn_values": 2.0 * L * T * C,  # T attention weights times T values of width hs, per head
         "attn_proj": 2.0 * L * C * C,  # c_proj (C -> C)
-        "mlp_fc": 2.0 * L * C * 4 * C,  # c_fc (C -> 4C)
-        "mlp_proj": 2.0 * L * 4 * C * C,  # c_proj (4C -> C)
+        "mlp_fc": 2.0 * L * C * _mlp_in_out(config)[0],  # c_fc (C -> 4C; modern: C -> 2H, gate and up)
+        "mlp_proj": 2.0 * L * _mlp_in_out(config)[1] * C,  # c_proj (4C -> C; modern: H -> C)
         "lm_head": 2.0 * C * V,  # final projection onto the vocabulary (tied to wte)
     }
     parts["total"] = sum(parts.values())

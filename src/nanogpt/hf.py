@@ -116,8 +116,7 @@ def gpt2_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_state(folder: Path, sd: dict[str, torch.Tensor], config: GPTConfig) -> None:
-    expected = gpt2_shapes(config)
+def _check_state(folder: Path, sd: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
@@ -130,33 +129,47 @@ def _check_state(folder: Path, sd: dict[str, torch.Tensor], config: GPTConfig) -
             raise NanoGPTError(f"{folder}: weight {k} has shape {tuple(v.shape)}, config.json implies {expected[k]}")
 
 
-def read_gpt2(name_or_dir: str, **overrides: Any) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """Configuration and weights (our layout, no lm_head) of a local HF GPT-2 folder or, online, a hub name.
+def read_pretrained(name_or_dir: str, **overrides: Any) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Configuration and weights (our layout) of a local HF folder or, online, a GPT-2 hub name.
 
-    ``overrides`` may change ``dropout`` (fine-tuning) or shrink ``block_size`` (the position
-    table is cut to its first rows).
+    GPT-2 folders, and Qwen3/Llama folders of the modern block (``nanogpt.hf_modern``).
+    ``overrides`` may change ``dropout`` (fine-tuning) or shrink ``block_size`` (a GPT-2
+    position table is cut to its first rows). The tied head is not in the state dict.
     """
+    from nanogpt import hf_modern
+
     folder = Path(name_or_dir)
     if not folder.is_dir():
         folder = download_hf_gpt2(name_or_dir)
     if not is_hf_dir(folder):
         raise NanoGPTError(
-            f"{folder} is not a Hugging Face GPT-2 folder (needs config.json and model.safetensors or pytorch_model.bin)"
+            f"{folder} is not a Hugging Face model folder (needs config.json and model.safetensors or pytorch_model.bin)"
         )
     try:
         hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise NanoGPTError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
     block_size = overrides.pop("block_size", None)
-    config = config_from_hf(hf_config, **{k: v for k, v in overrides.items() if k == "dropout"})
-    sd = hf_to_nanogpt_state(_read_state_dict(folder))
-    _check_state(folder, sd, config)
+    dropout = {k: v for k, v in overrides.items() if k == "dropout"}
+    if isinstance(hf_config, dict) and hf_config.get("model_type") in hf_modern.MODEL_TYPES:
+        config = hf_modern.config_from_hf(hf_config, **dropout)
+        sd = hf_modern.from_hf_state(config, _read_state_dict(folder))
+        expected = hf_modern.modern_shapes(config)
+    else:
+        config = config_from_hf(hf_config, **dropout)
+        sd = hf_to_nanogpt_state(_read_state_dict(folder))
+        expected = gpt2_shapes(config)
+    _check_state(folder, sd, expected)
     if block_size is not None and block_size != config.block_size:
         if not 0 < block_size <= config.block_size:
             raise NanoGPTError(f"block_size must be in 1..{config.block_size} (the model's context), got {block_size}")
         config = GPTConfig(**{**config.to_dict(), "block_size": block_size})
-        sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size].clone()
+        if "transformer.wpe.weight" in sd:
+            sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:block_size].clone()
     return config, sd
+
+
+read_gpt2 = read_pretrained  # the name before Llama/Qwen3 folders were read too
 
 
 def download_hf_gpt2(name: str) -> Path:
@@ -236,3 +249,14 @@ def write_gpt2(config: GPTConfig, state: dict[str, torch.Tensor], out_dir: str |
     cfg = hf_config_dict(config, eot_id)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def write_pretrained(config: GPTConfig, state: dict[str, torch.Tensor], out_dir: str | os.PathLike,
+                     eot_id: int | None = 50256) -> Path:
+    """An HF folder for any of our models: GPT-2's layout, or Qwen3/Llama for ``arch="modern"``."""
+    if config.arch == "modern":
+        from nanogpt import hf_modern
+
+        eot = eot_id if eot_id is not None and 0 <= eot_id < config.vocab_size else None
+        return hf_modern.write(config, state, out_dir, eot)
+    return write_gpt2(config, state, out_dir, eot_id)

@@ -9,6 +9,10 @@ Read this file first. It is the whole Transformer, top to bottom, and nothing el
    in ``n_head`` heads of ``hs = C // n_head`` channels;
 3. a final LayerNorm and the head, tied to ``wte``, give a score for each of V token ids.
 
+``arch="modern"`` swaps in the block today's open models use (Llama, Qwen3), a few lines each
+below, marked "modern": positions as rotations of q and k (no ``wpe``), RMSNorm, RMSNorm on
+each head's q and k, a gated SiLU MLP, no biases, and optionally an untied head.
+
 Parameter names follow OpenAI's GPT-2 checkpoints (``transformer.wte``, ``h.{i}.attn.c_attn``,
 ...), so converting to and from Hugging Face is a transpose of four weights per block
 (``nanogpt.hf``). Shapes use B = batch, T = sequence length, C = n_embd, nh = n_head,
@@ -33,10 +37,6 @@ from torch.nn import functional as F
 
 from nanogpt.config import GPTConfig
 
-__all__ = ["GPT", "GPTConfig", "Block", "CausalSelfAttention", "MLP", "ScaledDotProductAttention",
-           "LinearCrossEntropy", "KeyValueStore", "causal_mask", "cross_entropy"]
-
-
 class KeyValueStore(Protocol):
     """What attention needs from an inference cache (``nanogpt.generate.KVCache`` is one)."""
 
@@ -48,22 +48,29 @@ class KeyValueStore(Protocol):
 
 
 def causal_mask(t_query: int, t_key: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(t_query, t_key) bool, True where query i may see key j.
-
-    The queries are the last ``t_query`` of ``t_key`` positions (all of them in training; the
-    new tokens when decoding with a cache), so query i sits at position t_key - t_query + i and
-    sees keys 0 .. t_key - t_query + i.
-    """
+    """(t_query, t_key) bool, True where query i may see key j. The queries are the last t_query of
+    t_key positions (all of them in training, the new ones when decoding), so i sees keys 0..t_key-t_query+i."""
     return torch.ones(t_query, t_key, dtype=torch.bool, device=device).tril(diagonal=t_key - t_query)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (..., V) against targets (...); targets of -1 are ignored.
-
-    Computed in float32 whatever the logits' precision: a log-sum-exp over 50k logits loses too
-    much in 16-bit floats.
-    """
+    """Mean cross-entropy of logits (..., V) against targets (...), -1 ignored; in float32 whatever the
+    logits' precision, since a log-sum-exp over 50k logits loses too much in 16-bit floats."""
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """modern: cos and sin (T, hs) of each position's angles; channel pair (i, i + hs/2) turns at theta^(-2i/hs)."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float().unsqueeze(1) * inv_freq  # (T, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """modern: rotate x (B, nh, T, hs) by its positions' angles, so q . k depends on their distance only."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -73,12 +80,14 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(ndim, eps=1e-5, bias=bias)
 
 
-class ScaledDotProductAttention(nn.Module):
-    """softmax(q k^T / sqrt(hs)) v with the causal mask, for every head at once.
+def norm(config: GPTConfig, ndim: int) -> nn.Module:
+    """GPT-2: LayerNorm; modern: RMSNorm (scale only, no mean subtracted, no bias)."""
+    return LayerNorm(ndim, config.bias) if config.arch == "gpt2" else nn.RMSNorm(ndim, eps=1e-6)
 
-    q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs) with Tq <= Tk (see :func:`causal_mask`).
-    Returns (B, nh, Tq, hs). Dropout on the attention weights in training mode.
-    """
+
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T / sqrt(hs)) v with the causal mask, for every head at once: q (B, nh, Tq, hs) and
+    k, v (B, nh, Tk, hs), Tq <= Tk (see :func:`causal_mask`) -> (B, nh, Tq, hs). Dropout in training."""
 
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
@@ -102,19 +111,27 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx  # which layer's keys and values a KV cache holds
         self.n_head = config.n_head
         self.n_embd = config.n_embd
+        bias = config.bias and config.arch == "gpt2"
         # q, k and v for all heads in one matmul: C -> 3C
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)
+        if config.arch == "modern" and config.qk_norm:  # modern: keeps q . k in range however the weights grow
+            self.q_norm, self.k_norm = nn.RMSNorm(config.head_dim, eps=1e-6), nn.RMSNorm(config.head_dim, eps=1e-6)
         self.attend = ScaledDotProductAttention(config.dropout)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # mixes the heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)  # mixes the heads
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # modern: each head's vectors to unit RMS (times a gain)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)  # modern: positions enter here, not in x
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         y = self.attend(q, k, v)  # (B, nh, T, hs)
@@ -137,29 +154,40 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class SwiGLU(nn.Module):
+    """modern: a gated MLP, c_proj(silu(gate) * up), gate and up from one matmul: C -> 2H, then H -> C."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 2 * config.mlp_width, bias=False)  # [gate | up]
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # 2 x (B, T, H)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = norm(config, config.n_embd)
+        self.mlp = MLP(config) if config.arch == "gpt2" else SwiGLU(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
 class LinearCrossEntropy(nn.Module):
-    """The head and the loss in one step: cross_entropy(x @ weight^T, targets).
-
-    x: (..., C), weight: (V, C), targets: (...). Training needs only the loss, so the head's
-    matmul and the loss can be computed together; a faster kernel for the same function can
-    take this module's place (``nanogpt.ops``).
-    """
+    """The head and the loss in one step, cross_entropy(x @ weight^T, targets): x (..., C), weight (V, C).
+    Training needs only the loss, so a faster kernel for both together can take this place (``nanogpt.ops``)."""
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return cross_entropy(F.linear(x, weight), targets)
@@ -171,20 +199,16 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings (V, C)
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings (block, C)
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.vocab_size, config.n_embd)))  # (V, C)
+        if config.arch == "gpt2":  # modern: no position table, q and k are rotated instead
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings (block, C)
+        self.transformer.drop = nn.Dropout(config.dropout)
+        self.transformer.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.transformer.ln_f = norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.head_loss = LinearCrossEntropy()
-        # Weight tying: the output projection is the token embedding matrix (GPT-2 does this;
-        # it saves V*C parameters and helps small models).
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:  # the head is wte's matrix (GPT-2 does this): V*C fewer parameters
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2 * n_layer):
         # each block adds two such terms, so the stream's variance stays ~constant with depth.
@@ -202,25 +226,20 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Number of parameters, counting the tied wte/lm_head matrix once.
-
-        ``non_embedding=True`` leaves out the position embeddings (wpe), which do no matmul
-        work, as GPT-2/Kaplan et al. count model size. The token embedding stays in because,
-        tied to lm_head, it is the final layer's weight.
-        """
+        """Parameters, the tied wte/lm_head matrix once; ``non_embedding`` leaves out wpe, which does no
+        matmul work (as Kaplan et al. count); wte stays in: tied to lm_head, it is the last layer's weight."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context (e.g. load GPT-2's 1024 and train at 256) by cutting wpe."""
         if not 0 < block_size <= self.config.block_size:
-            raise ValueError(
-                f"block_size must be in 1..{self.config.block_size} (the model's context), got {block_size}"
-            )
+            raise ValueError(f"block_size must be in 1..{self.config.block_size} (the model's context), got {block_size}")
         self.config = GPTConfig(**{**self.config.to_dict(), "block_size": block_size})
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     def forward(
         self,
@@ -230,27 +249,25 @@ class GPT(nn.Module):
         last_logits_only: bool = False,
         return_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Logits for every position and, given targets, the mean cross-entropy loss.
-
-        idx, targets: (B, T) int64; targets of -1 are ignored. Returns (logits, loss):
-        logits (B, T, V), or (B, 1, V) with ``last_logits_only`` (generation needs only the
-        next token); loss a 0-d float32 tensor, or None without targets. Training passes
-        ``return_logits=False`` and gets (None, loss): the head and the loss are then one
-        step (:class:`LinearCrossEntropy`).
+        """(logits, loss) for idx, targets (B, T) int64 (targets of -1 ignored): logits (B, T, V), or (B, 1, V)
+        with ``last_logits_only``; loss a 0-d float32 tensor, None without targets. Training passes
+        ``return_logits=False`` and gets (None, loss): head and loss in one step (:class:`LinearCrossEntropy`).
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the model's block_size "
-                f"({self.config.block_size}); pass at most {self.config.block_size} tokens"
-            )
+            raise ValueError(f"sequence of {start + T} tokens is longer than the model's block_size "
+                             f"({self.config.block_size}); pass at most {self.config.block_size} tokens")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over the batch
-        x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
+        x = self.transformer.wte(idx)  # token embeddings (B, T, C)
+        rope = None
+        if self.config.arch == "gpt2":
+            x = x + self.transformer.wpe(pos)  # + position embeddings (T, C), broadcast over the batch
+        else:
+            rope = rotary_angles(pos, self.config.head_dim, self.config.rope_theta)  # modern: 2 x (T, hs)
+        x = self.transformer.drop(x)  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, kv_cache)  # (B, T, C)
+            x = block(x, kv_cache, rope)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.pos = start + T
         x = self.transformer.ln_f(x)  # (B, T, C)
@@ -262,23 +279,19 @@ class GPT(nn.Module):
         loss = cross_entropy(logits, targets) if targets is not None else None
         return logits, loss
 
-    # Hugging Face interop: the weight mapping is in nanogpt.hf, which does not import this
-    # module, so reading a checkpoint never needs the model math and there is no import circle.
+    # Hugging Face interop: the weight mapping is in nanogpt.hf, which never imports this module.
     @classmethod
     def from_pretrained(cls, name_or_dir: str, **overrides: Any) -> "GPT":
-        """GPT-2 weights from a local Hugging Face folder or, online, a hub name (gpt2, gpt2-medium, ...).
-
-        ``overrides`` may set ``dropout`` and a smaller ``block_size``.
-        """
+        """A Hugging Face folder (GPT-2, Llama, Qwen3) or, online, a hub name; ``overrides``: dropout, a smaller block_size."""
         from nanogpt import hf
 
-        config, state = hf.read_gpt2(name_or_dir, **overrides)
+        config, state = hf.read_pretrained(name_or_dir, **overrides)
         model = cls(config)
-        model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]}, strict=True)
+        model.load_state_dict({"lm_head.weight": state["transformer.wte.weight"], **state}, strict=True)
         return model
 
     def save_pretrained(self, out_dir: str) -> None:
-        """Write a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
+        """Write a Hugging Face folder (config.json + model.safetensors): GPT-2, or Llama/Qwen3 for ``arch="modern"``."""
         from nanogpt import hf
 
-        hf.write_gpt2(self.config, self.state_dict(), out_dir)
+        hf.write_pretrained(self.config, self.state_dict(), out_dir)
