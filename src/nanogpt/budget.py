@@ -211,8 +211,11 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_fits(estimate: Estimate, device: Any = "cpu") -> None:
-    """Raise one line (estimate, limit, what to lower) if ``estimate`` exceeds ``device``'s free memory."""
+def check_fits(estimate: Estimate, device: Any = "cpu", lower: str | None = None) -> None:
+    """Raise one line (estimate, limit, what to lower) if ``estimate`` exceeds ``device``'s free memory.
+
+    ``lower`` replaces the estimate's own list of what to lower (a command names its own flags).
+    """
     if os.environ.get("NANOGPT_MEMORY_CHECK", "").lower() in ("off", "0", "false", "no"):
         return
     free = available_bytes(device)
@@ -222,7 +225,7 @@ def check_fits(estimate: Estimate, device: Any = "cpu") -> None:
     kind = getattr(device, "type", str(device).split(":")[0])
     raise NanoGPTError(
         f"{estimate.task} needs at least {human_bytes(estimate.total)} ({parts}) but {kind} has "
-        f"{human_bytes(free)} free; lower {estimate.lower}"
+        f"{human_bytes(free)} free; lower {lower or estimate.lower}"
     )
 
 
@@ -253,12 +256,13 @@ def check_model_fits(config: "GPTConfig", device: Any = "cpu", dtype: Any = "flo
     check_fits(model_estimate(config, dtype), device)
 
 
-def check_training_fits(config: "GPTConfig", batch_size: int, accum: int, dtype: Any, device: Any) -> None:
+def check_training_fits(config: "GPTConfig", batch_size: int, accum: int, dtype: Any, device: Any,
+                        lower: str | None = None) -> None:
     """Refuse a training run whose step cannot fit (see :func:`training_estimate`), before the model is made."""
     if accum <= 0:
         raise NanoGPTError(f"gradient accumulation steps must be positive, got {accum}")
     check_shape(config, batch_size)
-    check_fits(training_estimate(config, batch_size, dtype), device)
+    check_fits(training_estimate(config, batch_size, dtype), device, lower)
 
 
 def check_inference_fits(config: "GPTConfig", batch_size: int, new_tokens: int, dtype: Any, device: Any,
