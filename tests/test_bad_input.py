@@ -128,6 +128,7 @@ CASES = {
     "mistyped train flag": (lambda t: ["train", "--model.nlayer", "2"], ["did you mean '--model.n_layer'?"]),
     "missing argument": (lambda t: ["eval", "gpt2"], ["the following arguments are required: --data"]),
     "disk full while preparing": (None, ["out: no space left on device", "the disk is full"]),
+    "train on a dataset that is a file": (lambda t: ["train", "--data.dataset", _file(t, "tokens.bin")], ["tokens.bin"]),
 }
 
 
@@ -160,6 +161,18 @@ def test_read_only_output_folder(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert "ro/ds: permission denied; check its permissions" in lines[0]
+
+
+def test_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "out/.train.bin.tmp")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(preparation, "_install", read_only)
+    assert main(["prepare", "shakespeare", "--out", "out", "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["nanogpt prepare: error: out/.train.bin.tmp: read-only file system; "
+                     "choose a folder on a writable disk"]
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):

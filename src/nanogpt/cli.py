@@ -82,7 +82,7 @@ def usage_error(message: str, flags: list[str], prog: str) -> str:
 _OS_ADVICE = {
     errno.EACCES: "check its permissions or choose another path",
     errno.EPERM: "check its permissions or choose another path",
-    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EROFS: "choose a folder on a writable disk",
     errno.ENOSPC: "the disk is full; free some space or choose another folder",
     errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
     errno.EISDIR: "it is a folder; give a file",
