@@ -181,10 +181,15 @@ def run_attention(args: argparse.Namespace) -> int:
     """``--attention``: load a trained model, compute its attention on the prompt, draw it."""
     if args.preset or not args.source:
         raise NanoGPTError("--attention needs a trained model: pass a run folder or a Hugging Face GPT-2 folder")
+    from nanogpt.budget import check_model_fits
     from nanogpt.checkpoint import load_model
     from nanogpt.device import resolve_device
+    from nanogpt.resolve import LOADABLE, model_config, resolve_source
 
-    loaded = load_model(args.source, resolve_device(args.device))
+    device = resolve_device(args.device)
+    src = resolve_source(args.source, LOADABLE)
+    check_model_fits(model_config(src)[0], device)  # before any weight is read
+    loaded = load_model(src, device)
     if loaded.tokenizer is None:
         raise NanoGPTError(f"{args.source} does not say which tokenizer it was trained with; cannot encode the prompt")
     ids = loaded.tokenizer.encode(args.attention)

@@ -37,7 +37,6 @@ from nanogpt.errors import NanoGPTError
 
 # The Shakespeare character vocabulary; presets for char data leave the vocabulary to the dataset,
 # which a benchmark on random tokens does not have.
-CHAR_VOCAB = 65
 
 
 @dataclass
@@ -73,6 +72,9 @@ class BenchConfig:
             raise NanoGPTError(f"--warmup must be >= 0, got {self.warmup}")
         if self.sample_tokens < 0 or self.prompt_tokens <= 0:
             raise NanoGPTError("--sample-tokens must be >= 0 and --prompt-tokens positive")
+        from nanogpt.config import check_seed
+
+        check_seed(self.seed, "--seed")
 
 
 def default_preset(device: torch.device) -> str:
@@ -90,8 +92,10 @@ def resolve_model(preset: str | None, overrides: dict[str, Any], device: torch.d
     name = preset or default_preset(device)
     flat = get_preset(name)
     model_kw = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("model.")}
-    if "vocab_size" not in model_kw and flat.get("data.tokenizer") == "char":
-        model_kw["vocab_size"] = CHAR_VOCAB
+    if "vocab_size" not in model_kw and "model.vocab_size" not in overrides:
+        from nanogpt.resolve import dataset_vocab
+
+        model_kw["vocab_size"], _ = dataset_vocab(flat)  # what training on this preset's dataset would use
     hints = typing.get_type_hints(GPTConfig)
     for key, value in overrides.items():
         field_name = key.split(".", 1)[1]
@@ -256,6 +260,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure training (and sampling) speed of ``model_config``; returns the result record."""
     from nanogpt import flops
+    from nanogpt.budget import check_training_fits
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
 
@@ -266,6 +271,8 @@ def run_bench(
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    check_training_fits(model_config, B, opts.grad_accum, runtime.dtype, device,
+                        lower="--batch-size, --model.block_size, --model.n_layer or --model.n_embd")
     rss_before = _rss_bytes()
     torch.manual_seed(opts.seed)
     model = GPT(model_config).to(device).train()

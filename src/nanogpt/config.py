@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,27 @@ from nanogpt.errors import NanoGPTError
 
 def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
+
+
+# Integers from files and flags end up in int64 tensors and C calls: larger ones are refused here.
+INT_LIMIT = 2**63 - 1
+# Seeds: room for seed + rank and seed + 1 within int64 (torch.manual_seed, numpy's SeedSequence).
+MAX_SEED = 2**62
+
+
+def check_seed(seed: Any, name: str) -> int:
+    """``seed`` as an int in 0..MAX_SEED, or one line naming ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise NanoGPTError(f"{name} must be an integer in 0..2^62, got {seed!r}")
+    return seed
+
+
+def _check_finite(obj: Any, section: str) -> None:
+    """Every float field of a config dataclass is a finite number (NaN and inf are never meant)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NanoGPTError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,16 +93,23 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+            number = int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+            if abs(number) > INT_LIMIT:
+                raise NanoGPTError(f"{name} is too large ({value}); integers here must be below 2^63")
+            return number
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise NanoGPTError(f"{name} must be a finite number, got {value!r}")
+            return number
         if tp is str:
             if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
-    except (ValueError, argparse.ArgumentTypeError):
+    except (ValueError, TypeError, OverflowError, argparse.ArgumentTypeError):
+        # TypeError: a list or table from a YAML/TOML/JSON file where a number belongs
         raise NanoGPTError(f"{name} must be {getattr(tp, '__name__', tp)}, got {value!r}") from None
     return value
 
@@ -236,8 +265,8 @@ class DataConfig:
     batch_size: int = _help("sequences per micro-step per process", default=12)
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0:
-            raise NanoGPTError(f"data.batch_size must be positive, got {self.batch_size}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise NanoGPTError(f"data.batch_size must be positive, got {self.batch_size!r}")
 
 
 @dataclass
@@ -274,6 +303,7 @@ class OptimConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self, "optim")
         if self.lr <= 0 or self.min_lr < 0:
             raise NanoGPTError(f"optim.lr must be > 0 and optim.min_lr >= 0 (got {self.lr}, {self.min_lr})")
         if self.min_lr > self.lr:
@@ -289,6 +319,15 @@ class OptimConfig:
                                "and optim.muon_ns_steps >= 1")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise NanoGPTError("optim.beta1 and optim.beta2 must be in [0, 1)")
+        if self.grad_clip < 0:
+            raise NanoGPTError(f"optim.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise NanoGPTError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.eps <= 0:
+            raise NanoGPTError(f"optim.eps must be > 0, got {self.eps}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters <= 0:
+            raise NanoGPTError(f"optim.lr_decay_iters must be positive (or none), got {self.lr_decay_iters}")
+        # A warmup longer than the run is allowed: a short smoke run of a long recipe only warms up.
 
 
 @dataclass
@@ -323,6 +362,10 @@ class RunConfig:
     progress: bool = _help("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "run")
+        check_seed(self.seed, "run.seed")
+        if self.sample_tokens < 0:
+            raise NanoGPTError(f"run.sample_tokens must be >= 0 (0 = none), got {self.sample_tokens}")
         if self.max_iters <= 0:
             raise NanoGPTError("run.max_iters must be positive")
         if self.eval_interval <= 0 or self.eval_iters <= 0 or self.log_interval <= 0:
@@ -436,7 +479,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise NanoGPTError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise NanoGPTError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
         if p.suffix == ".toml":
             try:
@@ -479,6 +525,11 @@ def resolve_train_flat(
     name = preset or file_preset or default_preset
     flat: dict[str, Any] = dict(get_preset(str(name))) if name else {}
     user = {**file_flat, **(overrides or {})}
+    own_dataset = flat.get("data.dataset", DataConfig.dataset)
+    if "data.dataset" in user and user["data.dataset"] != own_dataset and "data.prepare" not in user:
+        # The preset prepares only its own dataset folder: another (perhaps mistyped) folder is
+        # never quietly filled with the preset's corpus; a missing one is an error with the command.
+        user["data.prepare"] = None
     flat.update(user)
     return flat, set(user)
 

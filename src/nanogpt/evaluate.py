@@ -168,6 +168,23 @@ def _utf8_bytes(tokenizer: Any, ids: np.ndarray) -> int:
     return len(tokenizer.decode(ids.tolist()).encode("utf-8"))
 
 
+def _checked_source(source: str, runtime: Any, context: int | None, batch_size: int) -> Any:
+    """The resolved model source, after checking --context, --batch-size and the memory they need (no weights read)."""
+    from nanogpt.budget import check_inference_fits
+    from nanogpt.resolve import LOADABLE, model_config, resolve_source
+
+    src = resolve_source(source, LOADABLE)
+    config, _ = model_config(src)
+    ctx = config.block_size if context is None else context
+    if not 1 <= ctx <= config.block_size:
+        raise NanoGPTError(f"--context must be in 1..{config.block_size} (the model's block_size), got {ctx}")
+    if batch_size <= 0:
+        raise NanoGPTError(f"--batch-size must be positive, got {batch_size}")
+    per_batch = max(1, min(batch_size, _MAX_LOGITS // (ctx * config.vocab_size)))  # as score_tokens batches
+    check_inference_fits(config, per_batch, 0, runtime.dtype, runtime.device, seq_len=ctx, all_logits=True)
+    return src
+
+
 def evaluate(
     source: str,
     data: str,
@@ -190,8 +207,12 @@ def evaluate(
     path = Path(data)
     if not path.exists():
         raise NanoGPTError(f"--data {path} does not exist; pass a folder made by 'nanogpt prepare' or a UTF-8 text file")
-    loaded = load_model(source, runtime.device)
+    loaded = load_model(_checked_source(source, runtime, context, batch_size), runtime.device)
     model, tok = loaded.model, loaded.tokenizer
+    if tok is not None:
+        from nanogpt.generate import check_tokenizer_fits
+
+        check_tokenizer_fits(tok, model.config.vocab_size, source)
     if path.is_dir():
         prepared = load_prepared(path)
         if tok is not None and tok.to_dict() != prepared.tokenizer.to_dict():

@@ -55,6 +55,8 @@ from nanogpt.attention_maps import (  # noqa: F401
     token_labels,
     visible_attention,
 )
+from nanogpt.budget import DTYPE_BYTES, activation_bytes, block_parameter_counts, human_bytes, kv_cache_bytes  # noqa: F401
+from nanogpt.budget import check_shape
 from nanogpt.errors import NanoGPTError
 from nanogpt.resolve import GPT2_VOCAB, SHAKESPEARE_CHARS  # noqa: F401 - re-exported
 from nanogpt.resolve import model_config, resolve_source
@@ -64,8 +66,6 @@ if TYPE_CHECKING:  # torch is imported inside functions so that `--help` stays i
 
     from nanogpt.config import GPTConfig
     from nanogpt.model import GPT
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +85,10 @@ class ShapeRow:
     @property
     def per_block(self) -> bool:
         return self.key.startswith("h.")
+
+
+# What the MLP's activation is called in the forward table, by GPTConfig.activation.
+GELU_NOTES = {"gelu_tanh": "GELU (tanh approximation)", "gelu": "GELU (exact, erf form)"}
 
 
 def dims(config: "GPTConfig", batch_size: int, seq_len: int) -> dict[str, int]:
@@ -131,7 +135,7 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
         ("h.resid_1", "x + attn", "B T C", "residual connection"),
         ("h.ln_2", "ln_2(x)", "B T C", "LayerNorm"),
         ("h.c_fc", "mlp.c_fc", "B T 4C", "MLP up-projection: C -> 4C"),
-        ("h.gelu", "mlp.gelu", "B T 4C", "GELU (tanh approximation), elementwise"),
+        ("h.gelu", "mlp.gelu", "B T 4C", GELU_NOTES.get(config.activation, config.activation) + ", elementwise"),
         ("h.mlp_proj", "mlp.c_proj", "B T C", "MLP down-projection: 4C -> C"),
         ("h.resid_2", "x + mlp", "B T C", "residual connection: the block's output"),
         ("ln_f", "ln_f(x)", "B T C", "final LayerNorm"),
@@ -245,22 +249,23 @@ def parameter_table(config: "GPTConfig") -> dict[str, Any]:
     ``total`` equals ``GPT(config).num_params()``; ``total_without_wpe`` equals
     ``num_params(non_embedding=True)``.
     """
-    C, V, L, bias = config.n_embd, config.vocab_size, config.n_layer, config.bias
+    V, L, bias = config.vocab_size, config.n_layer, config.bias
+    C = config.n_embd
+    counts = block_parameter_counts(config)  # the formulas, shared with the size limits
 
-    def linear(n_in: int, n_out: int, s_in: str, s_out: str) -> tuple[str, int]:
-        shape = f"[{s_out}, {s_in}]" + (f" + [{s_out}]" if bias else "")
-        return shape, n_in * n_out + (n_out if bias else 0)
+    def linear(name: str, s_in: str, s_out: str) -> tuple[str, int]:
+        return f"[{s_out}, {s_in}]" + (f" + [{s_out}]" if bias else ""), counts[name]
 
     def norm() -> tuple[str, int]:
-        return ("[C] + [C]" if bias else "[C]"), (2 * C if bias else C)
+        return ("[C] + [C]" if bias else "[C]"), counts["ln_1"]
 
     per_block = [
         ("ln_1", *norm(), "LayerNorm gain and bias"),
-        ("attn.c_attn", *linear(C, 3 * C, "C", "3C"), "q, k, v projections of all heads"),
-        ("attn.c_proj", *linear(C, C, "C", "C"), "attention output projection"),
+        ("attn.c_attn", *linear("attn.c_attn", "C", "3C"), "q, k, v projections of all heads"),
+        ("attn.c_proj", *linear("attn.c_proj", "C", "C"), "attention output projection"),
         ("ln_2", *norm(), "LayerNorm gain and bias"),
-        ("mlp.c_fc", *linear(C, 4 * C, "C", "4C"), "MLP up-projection"),
-        ("mlp.c_proj", *linear(4 * C, C, "4C", "C"), "MLP down-projection"),
+        ("mlp.c_fc", *linear("mlp.c_fc", "C", "4C"), "MLP up-projection"),
+        ("mlp.c_proj", *linear("mlp.c_proj", "4C", "C"), "MLP down-projection"),
     ]
     block = sum(n for _, _, n, _ in per_block)
     wte, wpe = V * C, config.block_size * C
@@ -330,21 +335,6 @@ FLOPS_LABELS = {
 # Memory
 
 
-def activation_bytes(config: "GPTConfig", batch_size: int, seq_len: int, dtype: str = "float32") -> int:
-    """Estimated bytes autograd keeps for the backward pass after a training forward pass.
-
-    The formula is in the module docstring; it assumes fused attention (no T x T matrix kept).
-    """
-    b = DTYPE_BYTES[dtype]
-    C, nh, L, V = config.n_embd, config.n_head, config.n_layer, config.vocab_size
-    per_block = 16 * C * b + 4 * (nh + 4)  # 16C activations + fp32 LayerNorm stats and log-sum-exp
-    top = 2 * C * b + 4 * 2 + 4 * V + 8 + 8  # ln_f in/out + stats, fp32 log-probs, input/target ids
-    per_token = L * per_block + top
-    if config.dropout > 0:
-        per_token += (1 + 2 * L) * C  # bool dropout masks
-    return batch_size * seq_len * per_token + seq_len * 8  # + the int64 positions
-
-
 def saved_activation_bytes(model: "GPT", idx: "torch.Tensor", targets: "torch.Tensor") -> int:
     """Measured activation memory: bytes of the tensors autograd saves in a training forward pass.
 
@@ -378,8 +368,8 @@ def memory_table(config: "GPTConfig", batch_size: int, seq_len: int, dtype: str,
     grads = n_params * b
     adamw = n_params * 2 * 4  # exp_avg and exp_avg_sq, fp32
     acts = activation_bytes(config, batch_size, seq_len, dtype)
-    kv_token = 2 * config.n_layer * config.n_embd * b  # k and v: C numbers per layer
-    kv_full = kv_token * config.block_size * batch_size
+    kv_token = kv_cache_bytes(config, 1, 1, dtype)  # k and v: C numbers per layer
+    kv_full = kv_cache_bytes(config, batch_size, config.block_size, dtype)
     return {
         "dtype": dtype,
         "bytes_per_number": b,
@@ -408,6 +398,7 @@ def explain(config: "GPTConfig", batch_size: int = 1, dtype: str = "float32", so
     if dtype not in DTYPE_BYTES:
         raise NanoGPTError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     T = config.block_size
+    check_shape(config, batch_size, T, lower="--block-size or --batch-size (or pick a smaller model)")
     rows = forward_table(config, batch_size, T)
     check_on_meta(config, batch_size, T, rows)
     params = parameter_table(config)
@@ -420,15 +411,6 @@ def explain(config: "GPTConfig", batch_size: int = 1, dtype: str = "float32", so
         "flops": flops_summary(config, T),
         "memory": memory_table(config, batch_size, T, dtype, params["total"]),
     }
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB' (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_flops(n: float) -> str:

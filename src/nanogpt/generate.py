@@ -76,6 +76,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+# Below float32's smallest normal number a temperature cannot divide the logits; it means greedy.
+_SMALLEST_TEMPERATURE = 1.1754943508222875e-38
+
+
 def sample_next_token(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -88,9 +92,11 @@ def sample_next_token(
     Randomness comes only from ``generator`` (the global RNG when None), so a seeded generator
     gives the same tokens every run.
     """
-    if temperature == 0.0:
+    if temperature < _SMALLEST_TEMPERATURE:  # 0, or too small for float32: greedy, its limit
         return torch.argmax(logits, dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    # shifted so the largest logit is 0 first: a tiny temperature then gives 0 and -inf, never inf - inf
+    logits = logits.float()
+    logits = filter_logits((logits - logits.amax(dim=-1, keepdim=True)) / temperature, top_k, top_p)
     probs = F.softmax(logits, dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
@@ -304,6 +310,34 @@ def prepare_for_sampling(model: GPT, dtype: torch.dtype) -> GPT:
 
 # --------------------------------------------------------------------------------------------
 # Text: prompts, incremental decoding, stop strings
+
+
+def check_tokenizer_fits(tokenizer: Any, vocab_size: int, source: str) -> None:
+    """Refuse a tokenizer with more ids than the model has rows in its embedding (they could not be looked up)."""
+    n = int(getattr(tokenizer, "vocab_size", 0))
+    if n > vocab_size:
+        name = getattr(tokenizer, "name", "its")
+        raise NanoGPTError(
+            f"{source} pairs a {name} tokenizer of {n:,} ids with a model vocabulary of {vocab_size:,}; "
+            "the tokenizer and the weights do not belong together: use the model with the tokenizer it was trained with"
+        )
+
+
+def unescape_stop(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` typed in a shell (a backslash and a letter) as the characters they name."""
+    out, i = [], 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair in _ESCAPES:
+            out.append(_ESCAPES[pair])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> tuple[list[int], str | None]:

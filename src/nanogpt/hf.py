@@ -42,6 +42,13 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
 
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
     """GPTConfig from an HF ``config.json`` dict, refusing variants our model does not compute."""
+    try:
+        return _config_from_hf(hf, **overrides)
+    except (TypeError, ValueError, AttributeError) as e:  # a list or string where a number belongs
+        raise NanoGPTError(f"config.json holds a value of the wrong type ({e}); it is not a GPT-2 configuration") from None
+
+
+def _config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise NanoGPTError(f"config.json describes a '{model_type}' model; only GPT-2 ('gpt2') folders can be loaded")
@@ -70,10 +77,17 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
+    file = folder / "model.safetensors"
+    if file.is_file():
         from safetensors.torch import load_file
 
-        return load_file(str(folder / "model.safetensors"))
+        if file.stat().st_size == 0:
+            raise NanoGPTError(f"{file} is empty (0 bytes); download or export the model again")
+        try:
+            return load_file(str(file))
+        except Exception as e:  # noqa: BLE001 - safetensors reports a damaged file in several exception types
+            raise NanoGPTError(f"{file} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                               "download or export the model again") from None
     import torch
 
     # Older HF folders: a pickle. weights_only=True refuses anything but tensors and plain

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nanogpt.errors import NanoGPTError
-from nanogpt.generate import SamplingParams, check_context_keep, encode_prompt, prepare_for_sampling, sample_text
+from nanogpt.generate import (
+    SamplingParams,
+    check_context_keep,
+    check_tokenizer_fits,
+    encode_prompt,
+    prepare_for_sampling,
+    sample_text,
+    unescape_stop,
+)
 
 
 
@@ -25,7 +34,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=_top_k_arg, default=200, help="keep only the k most likely tokens, k >= 1, or 'off' (default: 200)")
     g.add_argument("--top-p", type=float, default=None, help="keep the smallest set of tokens whose probability reaches p, in (0, 1]")
     g.add_argument("--seed", type=int, default=1337, help="random seed for sampling (default: 1337)")
-    g.add_argument("--stop", nargs="+", default=[], metavar="TEXT", help="stop a sample when it produces any of these strings (cut there)")
+    g.add_argument("--stop", nargs="+", default=[], metavar="TEXT", help="stop a sample when it produces any of these strings (cut there); "
+                   "backslash escapes \\n, \\t, \\r and \\\\ are understood, so --stop '\\n\\n' stops at a blank line")
     g.add_argument(
         "--context-keep",
         type=int,
@@ -63,6 +73,35 @@ def _read_prompt(args: argparse.Namespace) -> str:
     return args.prompt or ""
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The sampling flags, checked before anything is loaded; --stop's backslash escapes decoded."""
+    from nanogpt.config import check_seed
+
+    if args.max_new_tokens <= 0:
+        raise NanoGPTError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.num_samples <= 0:
+        raise NanoGPTError(f"--num-samples must be positive, got {args.num_samples}")
+    try:
+        SamplingParams(args.temperature, args.top_k, args.top_p)
+    except NanoGPTError as e:
+        raise NanoGPTError(f"--{e}") from None
+    check_seed(args.seed, "--seed")
+    if args.stream and args.num_samples != 1:
+        raise NanoGPTError("--stream shows one sample; use --num-samples 1 with --stream")
+    args.stop = [unescape_stop(s) for s in args.stop]
+
+
+def _checked_source(args: argparse.Namespace, runtime: Any) -> Any:
+    """The resolved model source, after checking that sampling it fits in memory (before any weight is read)."""
+    from nanogpt.budget import check_inference_fits
+    from nanogpt.resolve import LOADABLE, model_config, resolve_source
+
+    src = resolve_source(args.source, LOADABLE)
+    config, _ = model_config(src)
+    check_inference_fits(config, args.num_samples, args.max_new_tokens, runtime.dtype, runtime.device)
+    return src
+
+
 def cli_main(args: argparse.Namespace) -> int:
     from nanogpt.checkpoint import load_model
     from nanogpt.device import dtype_name, setup_runtime
@@ -70,25 +109,17 @@ def cli_main(args: argparse.Namespace) -> int:
     def info(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    if args.max_new_tokens <= 0:
-        raise NanoGPTError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    if args.num_samples <= 0:
-        raise NanoGPTError(f"--num-samples must be positive, got {args.num_samples}")
+    _check_args(args)
     top_k = args.top_k
-    try:
-        SamplingParams(args.temperature, top_k, args.top_p)
-    except NanoGPTError as e:
-        raise NanoGPTError(f"--{e}") from None
-    if args.stream and args.num_samples != 1:
-        raise NanoGPTError("--stream shows one sample; use --num-samples 1 with --stream")
     prompt = _read_prompt(args)
 
     runtime = setup_runtime(args.device, args.dtype, "false")
     if runtime.dtype is torch.float16 and runtime.device.type == "cpu":
         raise NanoGPTError("float16 is not supported on CPU; use --dtype bfloat16 or float32")
-    loaded = load_model(args.source, runtime.device)
+    loaded = load_model(_checked_source(args, runtime), runtime.device)
     if loaded.tokenizer is None:
         raise NanoGPTError(f"{args.source} does not say which tokenizer it was trained with, so its tokens cannot be read as text")
+    check_tokenizer_fits(loaded.tokenizer, loaded.model.config.vocab_size, args.source)
     model = prepare_for_sampling(loaded.model, runtime.dtype)
     block_size = model.config.block_size
     keep = check_context_keep(args.context_keep, block_size) if args.context_keep is not None else None

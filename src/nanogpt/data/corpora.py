@@ -13,7 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 from nanogpt.errors import NanoGPTError
@@ -253,6 +253,27 @@ def _hf_documents(name: str) -> Iterator[tuple[str, str]]:
         yield f"{name}[{i}]", row.get(column) or ""
 
 
+def folder_files(folder: Path, glob: str) -> list[Path]:
+    """The files of ``folder`` matching ``glob``, sorted; the pattern and its matches stay inside the folder.
+
+    An absolute pattern or one with '..' is refused, and so is a match that leaves the folder
+    through a symbolic link, so ``--glob`` never reads files outside the folder given.
+    """
+    pattern = PurePosixPath(glob.replace("\\", "/"))
+    if not glob or pattern.is_absolute() or Path(glob).is_absolute() or ".." in pattern.parts:
+        raise NanoGPTError(f"--glob '{glob}' must be a relative pattern inside the folder, without '..' (e.g. '**/*.txt')")
+    root = folder.resolve()
+    files = []
+    for p in folder.glob(glob):
+        if not p.is_file():
+            continue
+        if not p.resolve().is_relative_to(root):
+            raise NanoGPTError(f"{p} matches --glob '{glob}' but leads outside {folder} (a symbolic link); "
+                               "remove the link or narrow --glob")
+        files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
 def corpus_source(
     spec: str, glob: str = "**/*.txt", errors: str = "strict", input_path: str | None = None
 ) -> CorpusSource:
@@ -273,7 +294,7 @@ def corpus_source(
         return CorpusSource(spec, "file", str(path.resolve()), lambda: _file_documents(path, errors), 1,
                             path.stat().st_size)
     if path.is_dir():
-        files = sorted((p for p in path.glob(glob) if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+        files = folder_files(path, glob)
         if not files:
             raise NanoGPTError(f"folder {path} has no files matching '{glob}'; add text files or change --glob")
         return CorpusSource(spec, "folder", str(path.resolve()), lambda: _folder_documents(path, files, glob, errors),

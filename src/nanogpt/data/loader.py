@@ -26,12 +26,51 @@ if TYPE_CHECKING:
 # Loading a prepared dataset
 
 
-def _prepare_hint(path: Path) -> str:
-    """The command that makes this folder, guessed from its name (data/shakespeare-char is the default)."""
+# Sources 'nanogpt prepare' knows by name (nanogpt.data.corpora; a test keeps the two in step).
+NAMED_SOURCES = ("shakespeare", "tinyshakespeare", "openwebtext", "fineweb-edu")
+
+
+def prepare_command(folder: str | os.PathLike, tokenizer: str | None = None, source: str | None = None) -> str:
+    """The ``nanogpt prepare`` command that makes ``folder``: from ``source`` and ``tokenizer`` when
+    known (a preset's data.prepare and data.tokenizer), else guessed from the folder's name
+    (data/shakespeare-char, data/fineweb-edu-gpt2, ...; SOURCE when the name says nothing)."""
+    path = Path(folder)
     name = path.name
-    tok = "gpt2" if "gpt2" in name else "char"
-    source = "shakespeare" if "shakespeare" in name else "SOURCE"
+    tok = tokenizer or ("gpt2" if "gpt2" in name else "char")
+    if source is None:
+        stem = name.removesuffix("-char").removesuffix("-gpt2")
+        source = stem if stem in NAMED_SOURCES else "shakespeare" if "shakespeare" in stem else "SOURCE"
     return f"nanogpt prepare {source} --tokenizer {tok} --out {path}"
+
+
+def _prepare_hint(path: Path) -> str:
+    return prepare_command(path)
+
+
+def needs_preparing(folder: str | os.PathLike, tokenizer: str | None = None, source: str | None = None) -> bool:
+    """Whether training must prepare ``folder`` from ``source`` first (False: it is prepared).
+
+    Raises one line when it cannot: ``folder`` is a file, or it is not prepared and there is no
+    ``source`` to prepare it from (the line gives the command for this folder and tokenizer).
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise NanoGPTError(f"dataset {path} is a file; data.dataset must be a folder made by 'nanogpt prepare'")
+    if (path / "meta.json").is_file():
+        return False
+    if source:
+        return True
+    state = "does not exist" if not path.exists() else "is not a prepared dataset (no meta.json)"
+    raise NanoGPTError(f"dataset folder {path} {state}; run: {prepare_command(path, tokenizer)}")
+
+
+def check_token_range(tokens: np.ndarray, vocab_size: int, file: str | os.PathLike, hint: str) -> None:
+    """Refuse token ids >= ``vocab_size`` (one pass of numpy's max over the memmap)."""
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise NanoGPTError(
+            f"{file} holds token id {int(tokens.max())}, outside the vocabulary of {vocab_size} in meta.json; "
+            f"the file is corrupt: run {hint} --overwrite"
+        )
 
 
 @dataclass
@@ -61,7 +100,9 @@ class PreparedData:
                     f"{file} holds {header['count']:,} tokens but meta.json says {expected:,}; "
                     f"prepare the dataset again ({_prepare_hint(self.path)} --overwrite)"
                 )
-            self._splits[name] = read_tokens(file)
+            tokens = read_tokens(file)
+            check_token_range(tokens, self.vocab_size, file, _prepare_hint(self.path))
+            self._splits[name] = tokens
         return self._splits[name]
 
     def bytes_per_token(self, split: str) -> float:
@@ -76,12 +117,15 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
     """Open a folder made by ``nanogpt prepare``; a missing or unfinished one says the command to run."""
     path = Path(path)
     meta_path = path / "meta.json"
+    if path.exists() and not path.is_dir():
+        raise NanoGPTError(f"dataset {path} is a file; give a folder made by 'nanogpt prepare'")
     if not meta_path.is_file():
         state = "does not exist" if not path.exists() else "is not a prepared dataset (no meta.json)"
         raise NanoGPTError(f"dataset folder {path} {state}; run: {_prepare_hint(path)}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         ok = meta.get("format") == META_FORMAT and all(s in meta["splits"] for s in SPLITS)
+        ok = ok and isinstance(meta.get("vocab_size"), int) and not isinstance(meta["vocab_size"], bool)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
@@ -94,7 +138,19 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         if header["vocab_size"] != meta["vocab_size"]:
             raise NanoGPTError(f"{path / (s + '.bin')} was written for vocab {header['vocab_size']}, meta.json says "
                                f"{meta['vocab_size']}; run: {_prepare_hint(path)} --overwrite")
-    return PreparedData(path=path, meta=meta, tokenizer=tokenizer_from_dict(meta["tokenizer"]))
+    return PreparedData(path=path, meta=meta, tokenizer=_meta_tokenizer(meta, meta_path, path))
+
+
+def _meta_tokenizer(meta: dict[str, Any], meta_path: Path, path: Path) -> Tokenizer:
+    """meta.json's tokenizer, which must have exactly meta.json's vocab_size ids (a cut vocabulary cannot decode)."""
+    try:
+        tok = tokenizer_from_dict(meta.get("tokenizer"))
+    except NanoGPTError as e:
+        raise NanoGPTError(f"{meta_path}: {e}; run: {_prepare_hint(path)} --overwrite") from None
+    if tok.vocab_size != meta["vocab_size"]:
+        raise NanoGPTError(f"{meta_path} describes a {tok.name} tokenizer of {tok.vocab_size} ids but says vocab_size "
+                           f"{meta['vocab_size']}; it is damaged: run {_prepare_hint(path)} --overwrite")
+    return tok
 
 
 # --------------------------------------------------------------------------------------------

@@ -271,7 +271,12 @@ def prepare(
     _check_out_dir(out, (tuple((s.kind, s.location) for s in resolved), tokenizer), overwrite)
     plan = _make_plan(resolved, tokenizer, val_fraction, workers, max_documents)
     options = {"glob": glob, "errors": errors, "max_documents": max_documents}
-    meta = _write_dataset(plan, out, options, t0, progress)
+    try:
+        meta = _write_dataset(plan, out, options, t0, progress)
+    except OSError as e:
+        if e.filename is None:  # a full disk on write() names no file: name the folder for the one-line error
+            raise OSError(e.errno, e.strerror, str(out)) from e
+        raise
     if progress:
         print(format_summary(meta, str(out)))
     return meta
