@@ -197,7 +197,7 @@ def test_json_is_valid_and_has_the_text_numbers(capsys):
     assert code == 0
     report = json.loads(out)
     assert report["parameters"]["total"] == 124_046_592
-    assert report["dims"] == {"B": 2, "T": 512, "C": 768, "nh": 12, "hs": 64, "V": 50257, "L": 12}
+    assert report["dims"] == {"B": 2, "T": 512, "C": 768, "nh": 12, "hs": 64, "V": 50257, "L": 12, "H": 3072}
     for row in report["forward"]:
         assert "[" + ", ".join(map(str, row["shape"])) + "]" in text
     assert f"{report['flops']['forward_per_token']:,}" in text

@@ -109,3 +109,29 @@ def test_grouped_query_attention_is_refused_in_one_line(tmp_path):
 def test_config_errors_are_one_line(kw, match):
     with pytest.raises(NanoGPTError, match=match):
         GPTConfig(**kw)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(qk_norm=False, tie_embeddings=False, mlp_hidden=96)])
+def test_budget_counts_the_modern_parameters(kw):
+    from nanogpt.budget import parameter_count
+
+    model = modern(**kw)
+    assert parameter_count(model.config) == model.num_params()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(qk_norm=False, tie_embeddings=False)])
+def test_inspect_explains_the_modern_block_checked_against_hooks(kw):
+    from nanogpt import explain
+
+    cfg = GPTConfig(arch="modern", block_size=24, vocab_size=61, n_layer=2, n_head=2, n_embd=32, **kw)
+    report = explain.explain(cfg, batch_size=2)  # runs the shape check on the meta device
+    keys = {row["key"] for row in report["forward"]} if isinstance(report.get("forward"), list) else None
+    rows = explain.forward_table(cfg, 2, 24)
+    assert "pos_emb" not in {r.key for r in rows} and "h.gated" in {r.key for r in rows}
+    assert {r.key: r.shape for r in rows}["h.c_fc"] == (2, 24, 2 * cfg.mlp_width)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert report["parameters"]["total"] == model.num_params()
+    assert keys is None or "h.gated" in keys
+    text = explain.format_report(report)
+    assert "RMSNorm" in text and "wpe" not in text.split("parameters")[-1].split("\n")[1]

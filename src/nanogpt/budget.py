@@ -49,21 +49,19 @@ def dtype_bytes(dtype: Any) -> int:
 
 
 def block_parameter_counts(config: "GPTConfig") -> dict[str, int]:
-    """Parameters of each part of one transformer block (LayerNorms, attention, MLP)."""
-    C, bias = config.n_embd, config.bias
+    """Parameters of each part of one transformer block (norms, attention, MLP)."""
+    C, bias, H = config.n_embd, config.bias, config.mlp_width
 
     def linear(n_in: int, n_out: int) -> int:
         return n_in * n_out + (n_out if bias else 0)
 
     norm = 2 * C if bias else C  # gain (+ bias)
-    return {
-        "ln_1": norm,
-        "attn.c_attn": linear(C, 3 * C),
-        "attn.c_proj": linear(C, C),
-        "ln_2": norm,
-        "mlp.c_fc": linear(C, 4 * C),
-        "mlp.c_proj": linear(4 * C, C),
-    }
+    parts = {"ln_1": norm, "attn.c_attn": linear(C, 3 * C), "attn.c_proj": linear(C, C), "ln_2": norm}
+    if config.arch == "modern":  # gated MLP: [gate | up] C -> 2H, down H -> C; RMSNorm gains per head
+        if config.qk_norm:
+            parts["attn.q_norm"] = parts["attn.k_norm"] = config.head_dim
+        return {**parts, "mlp.c_fc": linear(C, 2 * H), "mlp.c_proj": linear(H, C)}
+    return {**parts, "mlp.c_fc": linear(C, H), "mlp.c_proj": linear(H, C)}
 
 
 def parameter_count(config: "GPTConfig") -> int:
@@ -71,7 +69,9 @@ def parameter_count(config: "GPTConfig") -> int:
     C = config.n_embd
     blocks = config.n_layer * sum(block_parameter_counts(config).values())
     ln_f = 2 * C if config.bias else C
-    return config.vocab_size * C + config.block_size * C + blocks + ln_f
+    wpe = config.block_size * C if config.arch == "gpt2" else 0  # modern: rotary positions, no table
+    head = 0 if config.tie_embeddings else config.vocab_size * C
+    return config.vocab_size * C + wpe + blocks + ln_f + head
 
 
 def activation_bytes(config: "GPTConfig", batch_size: int, seq_len: int, dtype: Any = "float32") -> int:

@@ -101,7 +101,29 @@ def dims(config: "GPTConfig", batch_size: int, seq_len: int) -> dict[str, int]:
         "hs": config.head_dim,
         "V": config.vocab_size,
         "L": config.n_layer,
+        "H": config.mlp_width,
     }
+
+
+def _norm_name(config: "GPTConfig") -> str:
+    return "LayerNorm" if config.arch == "gpt2" else "RMSNorm"
+
+
+def _position_rows(config: "GPTConfig") -> list[tuple[str, str, str, str]]:
+    if config.arch == "gpt2":
+        return [("pos_emb", "wpe(pos)", "T C", "embeddings of positions 0..T-1, the same for every sequence"),
+                ("x", "x = tok_emb + pos_emb", "B T C", "the residual stream: C numbers per token")]
+    return [("x", "x = tok_emb", "B T C", "the residual stream; positions enter as rotations of q and k")]
+
+
+def _mlp_rows(config: "GPTConfig") -> list[tuple[str, str, str, str]]:
+    if config.arch == "gpt2":
+        return [("h.c_fc", "mlp.c_fc", "B T 4C", "MLP up-projection: C -> 4C"),
+                ("h.gelu", "mlp.gelu", "B T 4C", GELU_NOTES.get(config.activation, config.activation) + ", elementwise"),
+                ("h.mlp_proj", "mlp.c_proj", "B T C", "MLP down-projection: 4C -> C")]
+    return [("h.c_fc", "mlp.c_fc", "B T 2H", "gate and up in one matmul: C -> 2H"),
+            ("h.gated", "silu(gate) * up", "B T H", "SiLU of the gate times the up-projection, elementwise"),
+            ("h.mlp_proj", "mlp.c_proj", "B T C", "MLP down-projection: H -> C")]
 
 
 def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None = None) -> list[ShapeRow]:
@@ -114,15 +136,14 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
 
     def value(sym: str) -> int:
         # "3C" -> 3 * C
-        num = sym.rstrip("BTCVnhs")
+        num = sym.rstrip("BTCVnhsH")
         return (int(num) if num else 1) * d[sym[len(num):]]
 
     spec = [
         ("idx", "idx", "B T", "token ids (int64): B sequences of T tokens"),
         ("tok_emb", "wte(idx)", "B T C", "token embedding: each id picks a row of wte [V, C]"),
-        ("pos_emb", "wpe(pos)", "T C", "embeddings of positions 0..T-1, the same for every sequence"),
-        ("x", "x = tok_emb + pos_emb", "B T C", "the residual stream: C numbers per token"),
-        ("h.ln_1", "ln_1(x)", "B T C", "LayerNorm over the C channels of each token"),
+        *_position_rows(config),
+        ("h.ln_1", "ln_1(x)", "B T C", f"{_norm_name(config)} over the C channels of each token"),
         ("h.c_attn", "attn.c_attn", "B T 3C", "q, k and v of all heads in one matmul: C -> 3C"),
         ("h.q", "q", "B nh T hs", "split 3C into q, k, v; split C into nh heads of hs"),
         ("h.k", "k", "B nh T hs", "keys, one per token and head"),
@@ -133,12 +154,10 @@ def forward_table(config: "GPTConfig", batch_size: int = 1, seq_len: int | None 
         ("h.merge", "merge heads", "B T C", "heads side by side again: nh x hs = C"),
         ("h.attn_proj", "attn.c_proj", "B T C", "mix the heads: C -> C"),
         ("h.resid_1", "x + attn", "B T C", "residual connection"),
-        ("h.ln_2", "ln_2(x)", "B T C", "LayerNorm"),
-        ("h.c_fc", "mlp.c_fc", "B T 4C", "MLP up-projection: C -> 4C"),
-        ("h.gelu", "mlp.gelu", "B T 4C", GELU_NOTES.get(config.activation, config.activation) + ", elementwise"),
-        ("h.mlp_proj", "mlp.c_proj", "B T C", "MLP down-projection: 4C -> C"),
+        ("h.ln_2", "ln_2(x)", "B T C", _norm_name(config)),
+        *_mlp_rows(config),
         ("h.resid_2", "x + mlp", "B T C", "residual connection: the block's output"),
-        ("ln_f", "ln_f(x)", "B T C", "final LayerNorm"),
+        ("ln_f", "ln_f(x)", "B T C", f"final {_norm_name(config)}"),
         ("logits", "lm_head -> logits", "B T V", "a score for each of the V token ids, per position"),
     ]
     rows = []
@@ -189,7 +208,8 @@ def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ..
         tr = model.transformer
         handles.append(model.register_forward_pre_hook(on_input("idx")))
         handles.append(tr.wte.register_forward_hook(on_output("tok_emb")))
-        handles.append(tr.wpe.register_forward_hook(on_output("pos_emb")))
+        if "wpe" in tr:
+            handles.append(tr.wpe.register_forward_hook(on_output("pos_emb")))
         handles.append(tr.drop.register_forward_hook(on_output("x")))
         for i, block in enumerate(tr.h):
             p = f"h.{i}."
@@ -203,7 +223,8 @@ def capture_shapes(model: "GPT", idx: "torch.Tensor") -> dict[str, tuple[int, ..
                 block.ln_2.register_forward_pre_hook(on_input(p + "resid_1")),
                 block.ln_2.register_forward_hook(on_output(p + "ln_2")),
                 block.mlp.c_fc.register_forward_hook(on_output(p + "c_fc")),
-                block.mlp.gelu.register_forward_hook(on_output(p + "gelu")),
+                block.mlp.gelu.register_forward_hook(on_output(p + "gelu")) if hasattr(block.mlp, "gelu")
+                else block.mlp.c_proj.register_forward_pre_hook(on_input(p + "gated")),
                 block.mlp.c_proj.register_forward_hook(on_output(p + "mlp_proj")),
                 block.register_forward_hook(on_output(p + "resid_2")),
             ]
@@ -259,33 +280,41 @@ def parameter_table(config: "GPTConfig") -> dict[str, Any]:
     def norm() -> tuple[str, int]:
         return ("[C] + [C]" if bias else "[C]"), counts["ln_1"]
 
+    gains = "LayerNorm gain and bias" if config.arch == "gpt2" else "RMSNorm gain"
     per_block = [
-        ("ln_1", *norm(), "LayerNorm gain and bias"),
+        ("ln_1", *norm(), gains),
         ("attn.c_attn", *linear("attn.c_attn", "C", "3C"), "q, k, v projections of all heads"),
         ("attn.c_proj", *linear("attn.c_proj", "C", "C"), "attention output projection"),
-        ("ln_2", *norm(), "LayerNorm gain and bias"),
-        ("mlp.c_fc", *linear("mlp.c_fc", "C", "4C"), "MLP up-projection"),
-        ("mlp.c_proj", *linear("mlp.c_proj", "4C", "C"), "MLP down-projection"),
+        *([("attn.q_norm", "[hs]", counts["attn.q_norm"], "RMSNorm gain of each head's queries"),
+           ("attn.k_norm", "[hs]", counts["attn.k_norm"], "RMSNorm gain of each head's keys")] if "attn.q_norm" in counts else []),
+        ("ln_2", *norm(), gains),
+        *([("mlp.c_fc", *linear("mlp.c_fc", "C", "4C"), "MLP up-projection"),
+           ("mlp.c_proj", *linear("mlp.c_proj", "4C", "C"), "MLP down-projection")] if config.arch == "gpt2" else
+          [("mlp.c_fc", *linear("mlp.c_fc", "C", "2H"), "gate and up projections"),
+           ("mlp.c_proj", *linear("mlp.c_proj", "H", "C"), "MLP down-projection")]),
     ]
     block = sum(n for _, _, n, _ in per_block)
-    wte, wpe = V * C, config.block_size * C
+    wte, wpe = V * C, (config.block_size * C if config.arch == "gpt2" else 0)
+    head = 0 if config.tie_embeddings else V * C
     ln_f = norm()[1]
-    total = wte + wpe + L * block + ln_f
+    total = wte + wpe + L * block + ln_f + head
     return {
         "components": [
-            {"name": "wte", "shape": "[V, C]", "count": wte, "note": "token embedding; also the output layer (tied)"},
-            {"name": "wpe", "shape": "[block_size, C]", "count": wpe, "note": "position embedding"},
+            {"name": "wte", "shape": "[V, C]", "count": wte,
+             "note": "token embedding" + ("; also the output layer (tied)" if config.tie_embeddings else "")},
+            *([{"name": "wpe", "shape": "[block_size, C]", "count": wpe, "note": "position embedding"}] if wpe else []),
             *({"name": f"h.*.{n}", "shape": s, "count": c, "note": note} for n, s, c, note in per_block),
             {"name": "one block", "shape": "", "count": block, "note": ""},
             {"name": f"{L} blocks", "shape": "", "count": L * block, "note": f"{L} x {block:,}"},
-            {"name": "ln_f", "shape": norm()[0], "count": ln_f, "note": "final LayerNorm"},
-            {"name": "lm_head", "shape": "[V, C]", "count": 0, "note": "tied: the same matrix as wte, not counted again"},
+            {"name": "ln_f", "shape": norm()[0], "count": ln_f, "note": f"final {_norm_name(config)}"},
+            {"name": "lm_head", "shape": "[V, C]", "count": head,
+             "note": "its own matrix (untied)" if head else "tied: the same matrix as wte, not counted again"},
         ],
         "per_block": block,
         "total": total,
         "total_without_wpe": total - wpe,
-        "tied_matrix": wte,
-        "total_if_untied": total + wte,
+        "tied_matrix": wte if config.tie_embeddings else 0,
+        "total_if_untied": total + (wte if config.tie_embeddings else 0),
     }
 
 
