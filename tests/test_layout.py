@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "nanogpt"
 FLOORS = {
     # leaves: no torch model, no run state
     "errors": 0,
-    "config": 1, "tokenizer": 1, "data.format": 1,
+    "config": 1, "tokenizer": 1, "data.format": 1, "fsutil": 1,
     "hf": 2, "optim": 2, "data.corpora": 2, "data.loader": 2,
     # the teaching core, then what the runtime applies to it from outside
     "model": 3, "resolve": 3,
