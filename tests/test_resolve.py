@@ -304,7 +304,7 @@ def test_export_takes_a_run_or_hf_folder_only(tmp_path, capsys):
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "run", GPT(TINY_CONFIG), {}, {"iter": 1, "config": {"model": TINY_CONFIG.to_dict()}})
-    assert main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "hf")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "hf"), "--which", "last"]) == 0
     assert main(["export", str(tmp_path / "hf"), "--to", str(tmp_path / "hf2")]) == 0  # an HF folder again
     a = GPT.from_pretrained(str(tmp_path / "hf")).state_dict()
     b = GPT.from_pretrained(str(tmp_path / "hf2")).state_dict()
