@@ -514,9 +514,10 @@ class Trainer:
         try:
             save_checkpoint(self.run_dir, self.model, state, info, is_best=is_best)
         except OSError as e:
+            good = self._last_good()
+            then = "resume with --init-from resume" if good.startswith("The") else "train again"
             raise os_error(e, f"save the checkpoint of iteration {self.iter} in", self.run_dir / "checkpoints",
-                           "free some space or make the folder writable, then resume with --init-from resume "
-                           f"({self._last_good()[0].lower()}{self._last_good()[1:]})") from None
+                           f"free some space or make the folder writable, then {then} ({good[0].lower()}{good[1:]})") from None
         if self._replaced is not None:  # the new run has a checkpoint: the old one can go
             shutil.rmtree(self._replaced, ignore_errors=True)
             self.say(f"note: removed the earlier run moved to {self._replaced}")
