@@ -393,3 +393,71 @@ def test_plot_skips_rows_that_are_not_objects_and_reports_the_real_file(tmp_path
     assert capsys.readouterr().out.strip() == f"wrote {run / 'loss.png'}"
     (run / "metrics.jsonl").write_text("[1]\n2\n")
     assert "holds no rows" in one_line_error(capsys, ["plot", str(run)])
+
+
+# --------------------------------------------------------------------------------------------
+# crash safety: kill -9 at random moments, including during checkpoint writes and pruning
+
+KILL_RUN = {"run.max_iters": 100000, "run.max_seconds": 0, "optim.lr_decay_iters": 100000, "run.eval_interval": 1, "run.eval_iters": 1,
+            "run.always_save_checkpoint": True, "run.log_interval": 1}
+
+
+def _launch_and_kill(args: list[str], run: Path, delay: float) -> None:
+    """Start a training, wait until it is past its first evaluation with a checkpoint, then SIGKILL it after ``delay``."""
+    import signal
+    import time
+
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1",
+                              # the same thread count as this process, so that its sums are bit for bit ours
+                              "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    try:
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("eval ") and (run / "last.json").exists():
+                break
+        else:
+            raise AssertionError("the training ended before it could be killed:\n" + "".join(seen))
+        time.sleep(delay)  # evaluation and checkpoint writes are most of each step here
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+def _check_pointers(run: Path) -> int:
+    """Every pointer names a complete, loadable checkpoint; returns the last one's iteration."""
+    for which in ("last", "best"):
+        if (run / f"{which}.json").exists():
+            ck = load_checkpoint(run, which, trainer=True)
+            assert ck.path.parent == run / "checkpoints"
+    return load_checkpoint(run, "last").info["iter"]
+
+
+def _kill_repeatedly(tmp_path, char_data, kills: int, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "nanogpt"] + train_args(char_data, run, **KILL_RUN)
+    _launch_and_kill(base, run, rng.uniform(0.0, 0.3))
+    reached = _check_pointers(run)
+    for _ in range(kills - 1):
+        _launch_and_kill(base + ["--init-from", "resume"], run, rng.uniform(0.0, 0.3))
+        reached = max(reached, _check_pointers(run))
+    # resume reaches training and ends where an uninterrupted run ends, weight for weight
+    end = reached + 3
+    assert main(["train", "--init-from", "resume", "--out-dir", str(run), "--run.max_iters", str(end)]) == 0
+    assert main(train_args(char_data, tmp_path / "ref", **{**KILL_RUN, "run.max_iters": end})) == 0
+    assert load_checkpoint(run).info["iter"] == load_checkpoint(tmp_path / "ref").info["iter"] == end
+    a, b = load_checkpoint(run).model_state, load_checkpoint(tmp_path / "ref").model_state
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_at_random_moments_never_breaks_a_pointer(tmp_path, char_data):
+    _kill_repeatedly(tmp_path, char_data, kills=3, seed=15)
+
+
+@pytest.mark.perf
+def test_kill_9_many_times_never_breaks_a_pointer(tmp_path, char_data):
+    _kill_repeatedly(tmp_path, char_data, kills=15, seed=1515)

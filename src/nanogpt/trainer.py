@@ -34,7 +34,7 @@ from nanogpt.checkpoint import (
     refuse_earlier_run,
     save_checkpoint,
 )
-from nanogpt.config import GPTConfig, OptimConfig, TrainConfig
+from nanogpt.config import GPTConfig, OptimConfig, RunConfig, TrainConfig
 from nanogpt.device import (
     Dist,
     Runtime,
@@ -549,7 +549,8 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = 
     console lines (default: print). ``cfg`` is not changed; the run's resolved configuration
     is written to its folder's config.json.
     """
-    runtime = setup_runtime(cfg.run.device, cfg.run.dtype, cfg.run.compile, distributed=True)
+    run = _runtime_settings(cfg, explicit or set())
+    runtime = setup_runtime(run.device, run.dtype, run.compile, distributed=True)
     try:
         return Trainer(cfg, runtime, explicit, log).run()
     finally:
@@ -558,6 +559,18 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = 
 
 # --------------------------------------------------------------------------------------------
 # Small pieces of the run
+
+
+def _runtime_settings(cfg: TrainConfig, explicit: set[str]) -> RunConfig:
+    """The run settings the device is set up with: on resume the saved run's device, dtype and
+    compile unless chosen again (a resumed float32 run must not continue in bfloat16)."""
+    if cfg.run.init_from != "resume":
+        return cfg.run
+    try:
+        info = json.loads((checkpoint_path(cfg.run.out_dir, "last") / "info.json").read_text(encoding="utf-8"))
+        return resume_config(cfg, info["config"], explicit, Path(cfg.run.out_dir)).run
+    except (NanoGPTError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return cfg.run  # the Trainer reports what is wrong with the checkpoint, in one line
 
 
 def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], float | None] | None:
