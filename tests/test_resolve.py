@@ -263,8 +263,10 @@ def test_model_config_errors(tmp_path):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(NanoGPTError, match=r"config.json is not valid JSON"):
         model_config(ModelSource("hf", str(bad), bad))
-    with pytest.raises(NanoGPTError, match="only GPT-2"):
+    with pytest.raises(NanoGPTError, match="this llama config.json lacks vocab_size, hidden_size"):
         model_config(ModelSource("hf", "x", make_hf(tmp_path / "llama", config={"model_type": "llama"})))
+    with pytest.raises(NanoGPTError, match="only GPT-2"):
+        model_config(ModelSource("hf", "x", make_hf(tmp_path / "bert", config={"model_type": "bert"})))
     with pytest.raises(NanoGPTError, match="did you mean 'gpt2-124m'"):
         resolve.preset_config("gpt2-125m")
     run = make_run(tmp_path / "run", config={**TINY_CONFIG.to_dict(), "n_head": 3})
@@ -304,7 +306,7 @@ def test_export_takes_a_run_or_hf_folder_only(tmp_path, capsys):
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "run", GPT(TINY_CONFIG), {}, {"iter": 1, "config": {"model": TINY_CONFIG.to_dict()}})
-    assert main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "hf")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "hf"), "--which", "last"]) == 0
     assert main(["export", str(tmp_path / "hf"), "--to", str(tmp_path / "hf2")]) == 0  # an HF folder again
     a = GPT.from_pretrained(str(tmp_path / "hf")).state_dict()
     b = GPT.from_pretrained(str(tmp_path / "hf2")).state_dict()

@@ -170,7 +170,8 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, char_data, monkey
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(ckpt.torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(NanoGPTError, match=r"cannot save the checkpoint of iteration 10 in .*checkpoints: disk full; "
+                       r"free some space.*last good checkpoint, iteration 5 .*step-0000005\), is intact"):
         train(cfg, explicit)
     monkeypatch.setattr(ckpt.torch, "save", real)
     ck = load_checkpoint(tmp_path / "run", "last")

@@ -13,15 +13,20 @@ A run folder looks like::
 
 Writes are atomic: a checkpoint is written into a temporary folder, fsynced, renamed into
 place, and only then does the pointer file move to it (itself via temp file + rename). A crash
-at any moment leaves the previous pointer and the checkpoint it names intact.
+at any moment leaves the previous pointer and the checkpoint it names intact. Only finite
+evaluations are saved, pointers may name only ``checkpoints/step-*`` folders of their own run
+(see ``nanogpt.resolve.checkpoint_path``), and a training holds the folder's lock
+(``nanogpt.fsutil.RunLock``) while it writes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,51 +35,22 @@ import torch
 
 from nanogpt.config import GPTConfig
 from nanogpt.errors import NanoGPTError
+from nanogpt.fsutil import atomic_write_text, fsync_dir, fsync_file, refuse_symlink
 from nanogpt.model import GPT
-from nanogpt.resolve import LOADABLE, ModelSource, resolve_source
+from nanogpt.resolve import CHECKPOINT_NAME, LOADABLE, ModelSource, resolve_source
 # Re-exported: these lived here before nanogpt.resolve, which is torch-free, took them over.
 from nanogpt.resolve import checkpoint_path, is_run_dir  # noqa: F401
 
 FORMAT_VERSION = 1
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Weights of ``model`` (already unwrapped) for safetensors: the tied lm_head is left out."""
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def save_checkpoint(
@@ -87,14 +63,23 @@ def save_checkpoint(
     """Write a checkpoint for ``info['iter']`` and point last.json (and best.json) at it.
 
     ``model`` must be the unwrapped module. ``trainer_state`` holds tensors and plain data
-    (optimizer/scaler state dicts, RNG states). ``info`` must be JSON-serialisable.
+    (optimizer/scaler state dicts, RNG states). ``info`` must be JSON-serialisable and its
+    losses finite: a NaN/inf evaluation is never saved. The caller holds the run's lock.
+
+    A step that already has a checkpoint (a finished run resumed and saved again) gets a new
+    folder (``step-NNNNNNN-1``): the pointers move to it and only then is the old one removed,
+    so no pointer ever names a missing folder.
     """
     from safetensors.torch import save_file
 
+    bad = [k for k in ("val_loss", "train_loss", "best_val") if not _finite(info.get(k))]
+    if bad:
+        raise NanoGPTError(f"refusing to save a checkpoint with a non-finite {bad[0]} ({info[bad[0]]})")
     run = Path(run_dir)
     ckdir = run / "checkpoints"
+    refuse_symlink(ckdir)
     ckdir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{int(info['iter']):07d}"
+    name = _free_name(ckdir, int(info["iter"]))
     final = ckdir / name
     tmp = Path(tempfile.mkdtemp(dir=ckdir, prefix=f".tmp-{name}-"))
     try:
@@ -102,17 +87,10 @@ def save_checkpoint(
         torch.save(trainer_state, tmp / "trainer.pt")
         (tmp / "info.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **info}, indent=1), encoding="utf-8")
         for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        if final.exists():
-            # A checkpoint of the same step (e.g. saved at an eval and again at the end): swap.
-            trash = ckdir / f".old-{name}-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(ckdir)
+            fsync_file(f)
+        fsync_dir(tmp)
+        os.replace(tmp, final)
+        fsync_dir(ckdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -123,26 +101,119 @@ def save_checkpoint(
     if is_best:
         atomic_write_text(run / "best.json", json.dumps(pointer) + "\n")
     atomic_write_text(run / "last.json", json.dumps(pointer) + "\n")
-    _prune(run)
+    clean_run_dir(run)
     return final
 
 
-def _pointed(run: Path) -> set[str]:
+def _free_name(ckdir: Path, iteration: int) -> str:
+    """``step-NNNNNNN``, or ``step-NNNNNNN-K`` with the smallest free K when that step is taken."""
+    base = f"step-{iteration:07d}"
+    name, k = base, 0
+    while (ckdir / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
+def _pointed(run: Path) -> set[str] | None:
+    """Names of the checkpoint folders the pointers name; None if a pointer exists but cannot be read."""
     keep = set()
     for p in ("last.json", "best.json"):
+        if not (run / p).exists():
+            continue
         try:
-            keep.add(Path(json.loads((run / p).read_text(encoding="utf-8"))["path"]).name)
-        except (OSError, ValueError, KeyError):
-            pass
+            rel = json.loads((run / p).read_text(encoding="utf-8"))["path"]
+            keep.add(Path(rel).name)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     return keep
 
 
-def _prune(run: Path) -> None:
-    """Delete checkpoints that neither last.json nor best.json names (and stale temp folders)."""
+def clean_run_dir(run: str | Path) -> None:
+    """Remove what no pointer needs: unpointed checkpoints, and temporaries left by dead processes.
+
+    Called after every save and at the start of a run, under the run's lock. An unpointed
+    checkpoint is first renamed to ``.old-*`` and then deleted, so a kill half-way leaves a
+    folder that is plainly garbage (and is removed next time). If a pointer cannot be read,
+    no checkpoint is removed.
+    """
+    run = Path(run)
+    for f in run.glob(".*.tmp"):  # atomic_write_text's temporaries (pointers, config.json)
+        if f.is_file() and not f.is_symlink():
+            f.unlink(missing_ok=True)
+    ckdir = run / "checkpoints"
+    if not ckdir.is_dir() or ckdir.is_symlink():
+        return
     keep = _pointed(run)
-    for d in (run / "checkpoints").iterdir():
-        if d.name not in keep and d.is_dir():
+    for d in sorted(ckdir.iterdir()):
+        if d.is_symlink() or not d.is_dir():
+            continue
+        if d.name.startswith((".tmp-step-", ".old-step-")):
             shutil.rmtree(d, ignore_errors=True)
+        elif keep is not None and CHECKPOINT_NAME.fullmatch(d.name) and d.name not in keep:
+            trash = ckdir / f".old-{d.name}-{os.getpid()}"
+            os.replace(d, trash)
+            fsync_dir(ckdir)
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+# The files of a run, in the order they appear; what `train` from scratch refuses to replace.
+RUN_FILES = ("config.json", "metrics.jsonl", "last.json", "best.json", "checkpoints")
+# What moves aside with them under --run.overwrite.
+RUN_EXTRAS = ("loss.png", "tb")
+
+
+def run_files(run: str | Path) -> list[str]:
+    """The names of :data:`RUN_FILES` that ``run`` holds (an empty checkpoints/ does not count)."""
+    run = Path(run)
+    found = []
+    for name in RUN_FILES:
+        p = run / name
+        if name == "checkpoints":
+            if p.is_dir() and any(CHECKPOINT_NAME.fullmatch(d.name) for d in p.iterdir()):
+                found.append(name)
+        elif p.exists() or p.is_symlink():
+            found.append(name)
+    return found
+
+
+def move_run_aside(run: str | Path) -> Path | None:
+    """Move an earlier run's files into ``run/.replaced-<time>/`` and return that folder (None if nothing moved)."""
+    run = Path(run)
+    names = [n for n in (*RUN_FILES, *RUN_EXTRAS) if (run / n).exists() or (run / n).is_symlink()]
+    if not names:
+        return None
+    aside = Path(tempfile.mkdtemp(dir=run, prefix=f".replaced-{time.strftime('%Y%m%d-%H%M%S')}-"))
+    for n in names:
+        os.replace(run / n, aside / n)
+    fsync_dir(run)
+    return aside
+
+
+def check_resume_data(info: dict[str, Any], tokenizer: Any, dataset: str, run_dir: Path) -> None:
+    """Refuse to resume on a dataset whose tokenizer differs from the one the checkpoint was trained with."""
+    saved = info.get("tokenizer")
+    if not isinstance(saved, dict) or saved == tokenizer.to_dict():
+        return
+    now = tokenizer.to_dict()
+    if saved.get("type") != now.get("type"):
+        what = f"the {now.get('type')} tokenizer, the checkpoint's is {saved.get('type')}"
+    else:
+        size = len(saved["chars"]) if isinstance(saved.get("chars"), str) else "?"
+        what = f"a {now.get('type')} tokenizer of {tokenizer.vocab_size} tokens, the checkpoint's has {size} (or other) tokens"
+    was = info.get("dataset")
+    hint = f"resume with the checkpoint's dataset (--data.dataset {was})" if was and was != str(dataset) else \
+        "prepare the dataset again with the checkpoint's tokenizer"
+    raise NanoGPTError(f"cannot resume {run_dir} on {dataset}: its data uses {what}; {hint}, or fine-tune from the run "
+                       f"into a new folder (--init-from {run_dir} --out-dir NEW_FOLDER)")
+
+
+def refuse_earlier_run(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to train from scratch into a folder that holds another run's files, unless ``overwrite``."""
+    found = run_files(run_dir) if run_dir.is_dir() else []
+    if found and not overwrite:
+        raise NanoGPTError(f"{run_dir} holds an earlier run ({', '.join(found)}); to continue it use --init-from resume, "
+                           f"to replace it pass --overwrite (--run.overwrite true), or pick another --out-dir")
 
 
 @dataclass
@@ -170,14 +241,36 @@ def load_checkpoint(run_dir: str | Path, which: str = "last", trainer: bool = Tr
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file: one clear line
         raise NanoGPTError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it may be corrupt") from None
+    _check_info(info, path)
+    return Checkpoint(path, info, weights, state)
+
+
+def _check_info(info: Any, path: Path) -> None:
+    """One line if info.json is not what :func:`save_checkpoint` writes (no config, no iteration, ...)."""
+    where = path / "info.json"
+    if not isinstance(info, dict):
+        raise NanoGPTError(f"{where} does not hold a JSON object; the checkpoint is damaged")
     if info.get("format_version") != FORMAT_VERSION:
         raise NanoGPTError(f"checkpoint {path} has format {info.get('format_version')}, this nanogpt reads {FORMAT_VERSION}")
-    return Checkpoint(path, info, weights, state)
+    config = info.get("config")
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict)):
+        raise NanoGPTError(f"{where} has no model configuration (its 'config' section is missing or damaged); "
+                           "the checkpoint cannot be used")
+    if not isinstance(info.get("iter"), int) or isinstance(info.get("iter"), bool):
+        raise NanoGPTError(f"{where} has no iteration number; the checkpoint is damaged")
+    try:
+        GPTConfig.from_dict(config["model"])
+    except NanoGPTError as e:
+        raise NanoGPTError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise NanoGPTError(f"{where}: the model configuration is invalid ({e})") from None
 
 
 def load_weights(model: GPT, weights: dict[str, torch.Tensor]) -> None:
     """Load safetensors weights (no lm_head: it is tied) into ``model``, strictly."""
     sd = dict(weights)
+    if "transformer.wte.weight" not in sd:
+        raise NanoGPTError("checkpoint does not fit the model configuration: it has no transformer.wte.weight")
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     try:
         model.load_state_dict(sd, strict=True)

@@ -360,6 +360,11 @@ class RunConfig:
     wandb_project: str = _help("wandb project name", default="nanogpt")
     sample_tokens: int = _help("print a sample of this many tokens at the end (0 = none)", default=300)
     progress: bool = _help("show a progress bar", default=True)
+    overwrite: bool = _help(
+        "train from scratch into an out_dir that holds an earlier run: its files are moved into out_dir/.replaced-*/ "
+        "and deleted once this run has saved its first checkpoint (without it such a folder is refused)",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self, "run")

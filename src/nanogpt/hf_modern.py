@@ -27,6 +27,8 @@ _SAME = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention
          "attn.k_norm.weight": "self_attn.k_norm.weight", "mlp.c_proj.weight": "mlp.down_proj.weight"}
 _QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
 _GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "max_position_embeddings")
 
 
 def hf_config_dict(config: GPTConfig, eot_id: int | None = None) -> dict[str, Any]:
@@ -47,6 +49,9 @@ def hf_config_dict(config: GPTConfig, eot_id: int | None = None) -> dict[str, An
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
     """Our modern GPTConfig from a Qwen3/Llama config.json, refusing what the modern block does not compute."""
     kind = hf.get("model_type")
+    missing = [k for k in _REQUIRED if not isinstance(hf.get(k), int) or isinstance(hf.get(k), bool)]
+    if missing:
+        raise NanoGPTError(f"this {kind} config.json lacks {', '.join(missing)} (whole numbers); it is not a complete model config")
     n_head, hidden = hf.get("num_attention_heads"), hf.get("hidden_size")
     problems = [
         (hf.get("num_key_value_heads", n_head) != n_head, "grouped-query attention (num_key_value_heads != heads)"),

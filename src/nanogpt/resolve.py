@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Literal
@@ -28,12 +29,13 @@ from typing import Any, Collection, Literal
 from nanogpt.config import PRESETS as TRAINING_PRESETS
 from nanogpt.config import GPTConfig, get_preset
 from nanogpt.errors import NanoGPTError
+from nanogpt import hf_modern
 from nanogpt.hf import HUB_NAMES, config_from_hf, is_hf_dir
 
 __all__ = [
     "KINDS", "LOADABLE", "HUB_NAMES", "GPT2_VOCAB", "SHAKESPEARE_CHARS", "Kind", "ModelSource",
     "resolve_source", "model_config", "preset_config", "dataset_vocab", "describe_kinds",
-    "is_run_dir", "is_hf_dir", "checkpoint_path", "preset_names",
+    "is_run_dir", "is_hf_dir", "checkpoint_path", "preset_names", "CHECKPOINT_NAME",
 ]
 
 Kind = Literal["run", "hf", "hub", "preset"]
@@ -43,6 +45,9 @@ LOADABLE: frozenset[str] = frozenset({"run", "hf", "hub"})
 
 GPT2_VOCAB = 50257  # tokens of the GPT-2 BPE tokenizer
 SHAKESPEARE_CHARS = 65  # distinct characters of the tiny-Shakespeare corpus
+
+# The name of a checkpoint folder in a run's checkpoints/ (a re-saved step gets a "-K" suffix).
+CHECKPOINT_NAME = re.compile(r"step-\d{7,}(?:-\d+)?")
 
 _KIND_NAMES = {
     "run": "a run folder",
@@ -101,14 +106,33 @@ def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
             raise NanoGPTError(
                 f"{run} holds no checkpoint (no last.json); train into it first, or pass the folder of a finished run"
             )
+    path = _pointed_folder(run, pointer)
+    for f in ("model.safetensors", "trainer.pt", "info.json"):
+        if not (path / f).is_file():
+            raise NanoGPTError(f"checkpoint {path} is incomplete ({f} is missing); it cannot be loaded")
+    return path
+
+
+def _pointed_folder(run: Path, pointer: Path) -> Path:
+    """The folder a pointer names, confined to ``run/checkpoints/step-*`` (no ``..``, absolute paths or links out)."""
     try:
         rel = json.loads(pointer.read_text(encoding="utf-8"))["path"]
     except (ValueError, KeyError, TypeError):
         raise NanoGPTError(f"{pointer} is damaged; delete it to fall back to the other pointer") from None
-    path = run / rel
-    for f in ("model.safetensors", "trainer.pt", "info.json"):
-        if not (path / f).is_file():
-            raise NanoGPTError(f"checkpoint {path} is incomplete ({f} is missing); it cannot be loaded")
+    except OSError as e:
+        raise NanoGPTError(f"{pointer} cannot be read ({e.strerror})") from None
+    parts = rel.split("/") if isinstance(rel, str) else []
+    ckdir = run / "checkpoints"
+    inside = len(parts) == 2 and parts[0] == "checkpoints" and CHECKPOINT_NAME.fullmatch(parts[1]) is not None
+    if inside:
+        path = ckdir / parts[1]
+        try:
+            inside = not ckdir.is_symlink() and path.resolve().parent == ckdir.resolve()
+        except OSError:
+            inside = False
+    if not inside:
+        raise NanoGPTError(f"{pointer} names {rel!r}, which is not a checkpoint folder of this run; a pointer may "
+                           "only name checkpoints/step-NNNNNNN inside its run folder: delete it or restore the run")
     return path
 
 
@@ -217,6 +241,8 @@ def model_config(source: ModelSource, vocab_size: int | None = None) -> tuple[GP
         data = _read_json(_folder(source) / "config.json")
         if not isinstance(data, dict):
             raise NanoGPTError(f"{_folder(source) / 'config.json'} does not hold a JSON object")
+        if data.get("model_type") in hf_modern.MODEL_TYPES:  # a Llama/Qwen3 folder of the modern block
+            return hf_modern.config_from_hf(data), source.description
         return config_from_hf(data), source.description
     if source.kind == "hub":
         return GPTConfig.from_name(source.name), f"{source.description} (configuration only, no download)"
@@ -248,7 +274,7 @@ def _run_config(folder: Path) -> GPTConfig:
         raise NanoGPTError(f"{folder} holds no model configuration ({where} has no 'model' section)")
     try:
         return GPTConfig.from_dict(data["model"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, NanoGPTError) as e:
         raise NanoGPTError(f"{where}: the model configuration is invalid: {e}") from None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from nanogpt.config import TrainConfig
 from nanogpt.errors import NanoGPTError
+from nanogpt.fsutil import open_append, os_error
 
 
 class Logger:
@@ -25,7 +26,13 @@ class Logger:
         self.bar = None
         if not enabled:
             return
-        self.file = open(run_dir / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")
+        # Always appended to: a new run starts in a folder without metrics.jsonl (train refuses or
+        # moves an earlier run aside), and a symbolic link there is refused, never followed.
+        path = self.path = run_dir / "metrics.jsonl"
+        try:
+            self.file = open_append(path)
+        except OSError as e:
+            raise os_error(e, "write", path, "make the run folder writable or pick another --out-dir") from None
         if cfg.run.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -66,8 +73,11 @@ class Logger:
         """Append ``row`` to metrics.jsonl and send its numbers to TensorBoard/wandb."""
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise os_error(e, "append to", self.path, "free some space, then resume with --init-from resume") from None
         step = row.get("iter", 0)
         for k, v in row.items():
             if self.tb is not None and k != "iter" and isinstance(v, (int, float)):

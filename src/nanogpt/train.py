@@ -58,6 +58,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", dest="run.init_from", default=argparse.SUPPRESS,
                         help="shorthand for --run.init_from (scratch | resume | gpt2... | HF folder | run folder)")
     parser.add_argument("--out-dir", dest="run.out_dir", default=argparse.SUPPRESS, help="shorthand for --run.out_dir")
+    parser.add_argument("--overwrite", dest="run.overwrite", action="store_const", const=True, default=argparse.SUPPRESS,
+                        help="shorthand for --run.overwrite true: replace an earlier run in the out_dir")
     add_dataclass_args(parser, GPTConfig, "model")
     add_dataclass_args(parser, DataConfig, "data")
     add_dataclass_args(parser, OptimConfig, "optim")

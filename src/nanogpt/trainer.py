@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +25,16 @@ import torch
 
 from nanogpt.checkpoint import (
     Checkpoint,
-    atomic_write_text,
-    is_run_dir,
+    check_resume_data,
+    checkpoint_path,
+    clean_run_dir,
     load_checkpoint,
     load_weights,
+    move_run_aside,
+    refuse_earlier_run,
     save_checkpoint,
 )
-from nanogpt.config import GPTConfig, OptimConfig, TrainConfig
+from nanogpt.config import GPTConfig, OptimConfig, RunConfig, TrainConfig
 from nanogpt.device import (
     Dist,
     Runtime,
@@ -39,6 +43,7 @@ from nanogpt.device import (
     teardown_distributed,
 )
 from nanogpt.errors import NanoGPTError
+from nanogpt.fsutil import RunLock, atomic_write_text, os_error
 from nanogpt.model import GPT
 from nanogpt.optim import configure_optimizer, lr_at
 from nanogpt.runlog import Logger
@@ -72,6 +77,10 @@ def resume_config(cfg: TrainConfig, saved: dict[str, dict[str, Any]], explicit: 
         new, old = getattr(getattr(cfg, section), name), getattr(getattr(merged, section), name)
         if section == "model" and new != old:
             raise NanoGPTError(f"cannot resume with {key}={new}: the checkpoint in {run_dir} was trained with {old}")
+        if key == "optim.name" and new != old:
+            raise NanoGPTError(f"cannot resume with optim.name={new}: the checkpoint in {run_dir} holds {old}'s optimizer "
+                               f"state; to switch optimizers, fine-tune from it into a new folder: --init-from {run_dir} "
+                               f"--optim.name {new} --out-dir NEW_FOLDER")
         setattr(getattr(merged, section), name, new)
     merged.run.init_from = "resume"
     return merged
@@ -201,15 +210,34 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime, explicit: set[str] | None = None,
                  log: Log | None = None) -> None:
-        explicit = explicit or set()
         self.runtime, self.dist = runtime, runtime.dist
         self.say: Log = (log or _print_line) if self.dist.is_main else _ignore
         self.run_dir = Path(cfg.run.out_dir)
         self.resuming = cfg.run.init_from == "resume"
+        self.logger: Logger | None = None
+        self._lock: RunLock | None = None
+        self._replaced: Path | None = None  # an earlier run moved aside under --run.overwrite
+        if self.dist.is_main:  # only rank 0 writes the run folder, so only it owns it
+            if self.resuming:
+                checkpoint_path(self.run_dir, "last")  # a missing run: one line, before any folder is made
+            else:
+                refuse_earlier_run(self.run_dir, cfg.run.overwrite)  # before anything is written
+            self._lock = RunLock(self.run_dir).acquire()
+        try:
+            self._build(cfg, explicit or set())
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, explicit: set[str]) -> None:
+        if self.dist.is_main:
+            clean_run_dir(self.run_dir)  # temporaries and half-deleted checkpoints of a killed run
         ck = load_checkpoint(self.run_dir, "last", trainer=True) if self.resuming else None
         if ck is not None:
             cfg = resume_config(cfg, ck.info["config"], explicit, self.run_dir)
         self.data = load_data(cfg, self.dist, self.say)
+        if ck is not None:
+            check_resume_data(ck.info, self.data.tokenizer, cfg.data.dataset, self.run_dir)
         self.micro_steps = micro_steps_per_rank(cfg.optim, self.dist.world_size)
         self.model = self._new_model(cfg, ck, "model.vocab_size" in explicit)
         self.cfg = dataclasses.replace(cfg, model=self.model.config)  # the run's resolved configuration
@@ -220,6 +248,7 @@ class Trainer:
             self.resume(ck)
         else:
             torch.manual_seed(self.cfg.run.seed + self.dist.rank)  # dropout differs per rank
+        self.budget_note = self._time_budget(explicit)
         self.start_iter = self.iter
         # ms/iter is measured on training time alone, so an evaluation or a checkpoint
         # written between two log lines does not show up as a slow iteration.
@@ -228,7 +257,7 @@ class Trainer:
         self._announce()
         self.fwd = self._wrap_model()  # what the step calls: kernels installed, compiled, DDP
         self.bytes_per_token = {s: self.data.bytes_per_token(s) for s in ("train", "val")}
-        self.mfu_fn = _mfu_function(self.cfg.model, runtime)
+        self.mfu_fn = _mfu_function(self.cfg.model, self.runtime)
         self.logger = Logger(self.run_dir, self.cfg, self.dist.is_main, self.resuming)
         best = None if self.best_val == float("inf") else self.best_val
         self.result = TrainResult(run_dir=self.run_dir, iter=self.iter, best_val=best)
@@ -266,7 +295,12 @@ class Trainer:
     def resume(self, ck: Checkpoint) -> None:
         """Continue from ``ck``: optimizer, scaler, this rank's data position, random streams, counters."""
         ts, info = ck.trainer_state, ck.info
-        self.optimizer.load_state_dict(ts["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ts["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise NanoGPTError(f"the optimizer state in {ck.path} does not fit this run's optimizer ({str(e)[:120]}); "
+                               f"resume with the run's saved optim settings, or fine-tune from it into a new folder: "
+                               f"--init-from {self.run_dir} --out-dir NEW_FOLDER") from None
         if self.scaler is not None and ts.get("scaler"):
             self.scaler.load_state_dict(ts["scaler"])
         rank = str(self.dist.rank)
@@ -277,14 +311,36 @@ class Trainer:
         self.train_time = float(info.get("train_time", 0.0))
         self.tokens_seen = int(info.get("tokens", 0))
 
+    def _time_budget(self, explicit: set[str]) -> str | None:
+        """On resume: the time budget that applies (a given --run.max_seconds is the new total), or a refusal if spent."""
+        budget = self.cfg.run.max_seconds
+        if not self.resuming or not budget:
+            return None
+        given = "run.max_seconds" in explicit
+        if self.train_time >= budget:
+            first = f"--run.max_seconds {budget:g} is" if given else f"the run's saved time budget of {budget:g} s is"
+            raise NanoGPTError(f"{first} already spent ({self.train_time:.1f} s trained); pass a larger total, e.g. "
+                               f"--run.max_seconds {max(2 * budget, self.train_time + budget):g}, or 0 for no time limit")
+        source = "set by --run.max_seconds" if given else "saved with the run; --run.max_seconds N sets a new total, 0 none"
+        return (f"time budget: {budget:g} s of training in total, {self.train_time:.1f} s done, "
+                f"{budget - self.train_time:.1f} s left ({source})")
+
     def _write_run_dir(self) -> None:
         if not self.dist.is_main:
             return
-        if not self.resuming and is_run_dir(self.run_dir):
-            self.say(f"note: {self.run_dir} holds an earlier run, which this one replaces as it saves; "
-                     f"to continue that run instead use --init-from resume, or pick another --out-dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        if not self.resuming and self.cfg.run.overwrite:
+            try:
+                self._replaced = move_run_aside(self.run_dir)
+            except OSError as e:
+                raise os_error(e, "move the earlier run aside in", self.run_dir, "check the folder's permissions") from None
+            if self._replaced is not None:
+                self.say(f"note: the earlier run in {self.run_dir} was moved to {self._replaced}; "
+                         "it is deleted when this run saves its first checkpoint")
+        try:
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        except OSError as e:
+            raise os_error(e, "write", self.run_dir / "config.json", "make the folder writable, free some space, "
+                           "or pick another --out-dir") from None
 
     def _announce(self) -> None:
         """Print the device, model, data and run lines that open every run."""
@@ -305,6 +361,8 @@ class Trainer:
             length = f"{cfg.run.max_seconds:g} s of training (or {length}, whichever comes first; the lr schedule follows)"
         start = "resuming at iteration " + str(self.start_iter) if self.resuming else cfg.run.init_from
         self.say(f"run: {self.run_dir} ({start}), {length}")
+        if self.budget_note:
+            self.say(self.budget_note)
 
     def _wrap_model(self) -> torch.nn.Module:
         fwd = prepare_model(self.model, self.runtime, self.cfg.model.block_size, self.say)
@@ -370,10 +428,8 @@ class Trainer:
         self.tokens_seen += self.tokens_per_step
         self._steps_since_log += 1
         if not math.isfinite(loss):
-            raise NanoGPTError(
-                f"loss became {loss} at iteration {self.iter}; stopping. The last good checkpoint in {self.run_dir} "
-                "is intact. Lower --optim.lr, raise --optim.warmup_iters, or train in --run.dtype bfloat16/float32"
-            )
+            raise NanoGPTError(f"loss became {loss} at iteration {self.iter}; stopping. {self._last_good()}. Lower "
+                               "--optim.lr, raise --optim.warmup_iters, or train in --run.dtype bfloat16/float32")
         self.result.losses.append(loss)
         self.logger.advance_bar(loss)
         if self.iter % self.cfg.run.log_interval == 0 or self.iter == 1:
@@ -424,6 +480,10 @@ class Trainer:
         self.say(f"eval {self.iter}: train loss {losses['train']:.4f} ({bpb['train']:.3f} bpb), val loss "
                  f"{losses['val']:.4f} ({bpb['val']:.3f} bpb), {t:.1f}s of training")
         self.result.evals.append(row)
+        if not all(math.isfinite(v) for v in losses.values()):  # never saved, never pointed to
+            raise NanoGPTError(f"the evaluation at iteration {self.iter} gave a non-finite loss (train {losses['train']}, "
+                               f"val {losses['val']}); nothing was saved. {self._last_good()}. Lower --optim.lr, raise "
+                               "--optim.warmup_iters, or train in --run.dtype bfloat16/float32")
         improved = losses["val"] < self.best_val
         if improved:
             self.best_val = self.result.best_val = losses["val"]
@@ -432,10 +492,15 @@ class Trainer:
         return row
 
     def save(self, losses: dict[str, float] | None, is_best: bool) -> None:
-        """Checkpoint the current state (every rank must call this: the loader states are gathered)."""
+        """Checkpoint the current state (every rank must call this: the loader states are gathered).
+
+        Weights that are not all finite are never saved: the previous checkpoint stays the last one.
+        """
         loader_states = gather_loader_states(self.loader, self.dist)
         if not self.dist.is_main:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise NanoGPTError(f"the weights at iteration {self.iter} are not finite; nothing was saved. {self._last_good()}")
         info = {
             "iter": self.iter, "best_val": self.best_val if self.best_val != float("inf") else None,
             "train_time": self.train_time, "tokens": self.tokens_seen, "config": self.cfg.to_dict(),
@@ -446,11 +511,34 @@ class Trainer:
             info["val_loss"], info["train_loss"] = losses["val"], losses["train"]
         state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                  "rng": rng_state()}
-        save_checkpoint(self.run_dir, self.model, state, info, is_best=is_best)
+        try:
+            save_checkpoint(self.run_dir, self.model, state, info, is_best=is_best)
+        except OSError as e:
+            good = self._last_good()
+            then = "resume with --init-from resume" if good.startswith("The") else "train again"
+            raise os_error(e, f"save the checkpoint of iteration {self.iter} in", self.run_dir / "checkpoints",
+                           f"free some space or make the folder writable, then {then} ({good[0].lower()}{good[1:]})") from None
+        if self._replaced is not None:  # the new run has a checkpoint: the old one can go
+            shutil.rmtree(self._replaced, ignore_errors=True)
+            self.say(f"note: removed the earlier run moved to {self._replaced}")
+            self._replaced = None
+
+    def _last_good(self) -> str:
+        """Which checkpoint remains, in words (for the messages of a run that has to stop)."""
+        try:
+            path = checkpoint_path(self.run_dir, "last")
+            it = json.loads((path / "info.json").read_text(encoding="utf-8")).get("iter")
+        except (NanoGPTError, OSError, ValueError, AttributeError):
+            return f"No checkpoint of this run was saved in {self.run_dir}"
+        return f"The last good checkpoint, iteration {it} ({path}), is intact"
 
     def close(self) -> None:
-        """Close the logger (files, writers, progress bar); safe to call twice."""
-        self.logger.close()
+        """Close the logger (files, writers, progress bar) and give the run folder's lock back; safe to call twice."""
+        if self.logger is not None:
+            self.logger.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = None) -> TrainResult:
@@ -461,7 +549,8 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = 
     console lines (default: print). ``cfg`` is not changed; the run's resolved configuration
     is written to its folder's config.json.
     """
-    runtime = setup_runtime(cfg.run.device, cfg.run.dtype, cfg.run.compile, distributed=True)
+    run = _runtime_settings(cfg, explicit or set())
+    runtime = setup_runtime(run.device, run.dtype, run.compile, distributed=True)
     try:
         return Trainer(cfg, runtime, explicit, log).run()
     finally:
@@ -470,6 +559,18 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = 
 
 # --------------------------------------------------------------------------------------------
 # Small pieces of the run
+
+
+def _runtime_settings(cfg: TrainConfig, explicit: set[str]) -> RunConfig:
+    """The run settings the device is set up with: on resume the saved run's device, dtype and
+    compile unless chosen again (a resumed float32 run must not continue in bfloat16)."""
+    if cfg.run.init_from != "resume":
+        return cfg.run
+    try:
+        info = json.loads((checkpoint_path(cfg.run.out_dir, "last") / "info.json").read_text(encoding="utf-8"))
+        return resume_config(cfg, info["config"], explicit, Path(cfg.run.out_dir)).run
+    except (NanoGPTError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return cfg.run  # the Trainer reports what is wrong with the checkpoint, in one line
 
 
 def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], float | None] | None:
