@@ -26,6 +26,8 @@ FLOORS = {
     "trainer": 7, "evaluate": 7, "explain": 7, "attention_maps": 6,
     # the commands and the registry
     "train": 8, "sample": 8, "prepare": 8, "bench": 8, "export": 8, "plot": 8, "data": 6,
+    # the server: its library over generate/explain/attention_maps, the app, the command
+    "serve": 8, "serve.engine": 8, "serve.views": 8, "serve.api": 9, "serve.command": 10,
     "__init__": 9,
     "cli": 10, "__main__": 11,
 }
