@@ -5,6 +5,7 @@ free port, every request is bounded, and every server is stopped by its fixture.
 """
 
 import contextlib
+import os
 import http.client
 import json
 import socket
@@ -344,3 +345,88 @@ def test_disconnect_mid_stream_frees_the_row(live, server, monkeypatch):
     steps = eng.steps
     time.sleep(0.2)
     assert eng.steps == steps  # nothing is decoded for nobody
+
+
+# --------------------------------------------------------------------------------------------
+# The page in a real headless browser (Debian's chromium, driven by Playwright)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+
+
+def set_slider(page, selector, value):
+    page.eval_on_selector(selector, "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(value))
+
+
+def first_prob(page):
+    return page.get_attribute("#next-bars .bar", "data-prob")
+
+
+def test_page_in_headless_chromium(live, server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install 'nanogpt[test]')")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it where apt works")
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 860})
+            page.set_default_timeout(20000)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live[0] + "/")
+            page.wait_for_selector("#next-bars .bar")
+            assert "2 layers" in page.inner_text("#model-info")
+            # type a prompt, generate 40 tokens, and see them arrive
+            page.fill("#prompt", "the king said")
+            set_slider(page, "#max_tokens", 40)
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('prompt').value.length >= 'the king said'.length + 40")
+            page.wait_for_function("!document.getElementById('generate').disabled")
+            assert page.input_value("#prompt").startswith("the king said")
+            # move the temperature: the distribution changes; top-k cuts candidates
+            page.wait_for_selector("#next-bars .bar")
+            before = first_prob(page)
+            set_slider(page, "#temperature", 1.9)
+            page.wait_for_function(f"document.querySelector('#next-bars .bar').dataset.prob !== '{before}'")
+            assert float(first_prob(page)) < float(before)  # hotter: the favourite loses mass
+            set_slider(page, "#top_k", 3)
+            page.wait_for_function("document.querySelectorAll('#next-bars .bar.cut').length >= 10")
+            assert page.locator("#next-bars .bar:not(.cut)").count() == 3
+            # one more token with "next token"
+            length = len(page.input_value("#prompt"))
+            page.click("#step")
+            page.wait_for_function(f"document.getElementById('prompt').value.length === {length + 1}")
+            page.screenshot(path=str(tmp_path / "next.png"))
+            # attention: one head, then all heads of a layer as small multiples; hover a token
+            page.click("[data-tab=attention]")
+            page.wait_for_selector("#att-maps canvas")
+            page.select_option("#att-head", "all")
+            assert page.locator("#att-maps canvas").count() == server.engine.model.config.n_head
+            page.hover("#att-tokens .tok >> nth=5")
+            page.wait_for_selector("#att-tokens .tok.focus")
+            page.screenshot(path=str(tmp_path / "attention.png"))
+            # the logit lens: embeddings + one row per block
+            page.click("[data-tab=lens]")
+            page.wait_for_selector(".lens tr >> nth=3")
+            assert page.locator(".lens tr").count() == 1 + 1 + server.engine.model.config.n_layer
+            for tab, selector in [("tokens", "#view-tokens .tok"), ("shapes", "#view-shapes table"), ("curves", "#view-curves svg")]:
+                page.click(f"[data-tab={tab}]")
+                page.wait_for_selector(selector)
+            page.click("[data-tab=next]")
+            page.wait_for_selector("#next-bars .bar.cut")
+            shot = os.environ.get("NANOGPT_SCREENSHOT")  # e.g. docs/serve.png, to refresh the README's picture
+            page.screenshot(path=shot or str(tmp_path / "serve.png"))
+        finally:
+            browser.close()
+    assert errors == [], errors
+
+
+def test_long_text_views_and_truncated_prompt(client):
+    long = "abcdefghij" * 6  # 60 characters, the context is 48
+    assert client.post("/api/tokens", json={"text": long}).json()["tokens"][0]["piece"] == long[-48]
+    assert post(client, prompt=long, max_tokens=2).status_code == 413
+    r = post(client, prompt=long, max_tokens=2, truncate_prompt_tokens=48, seed=1)
+    assert r.json()["usage"]["prompt_tokens"] == 48
+    assert r.json()["choices"][0]["text"] == post(client, prompt=long[-48:], max_tokens=2, seed=1).json()["choices"][0]["text"]

@@ -7,7 +7,8 @@ Endpoints (all JSON; errors are OpenAI-style ``{"error": {"message", "type", "pa
 * ``POST /v1/completions`` -- OpenAI's legacy completions: ``prompt`` (a string, a list of
   strings, a list of token ids or a list of such lists), ``max_tokens``, ``temperature``,
   ``top_p``, ``top_k`` (an extension), ``n``, ``stop``, ``seed`` (choice i of the request uses
-  ``seed + i``), ``logprobs`` (0..20 alternatives), ``echo``, ``stream`` (server-sent events
+  ``seed + i``), ``logprobs`` (0..20 alternatives), ``echo``,
+  ``truncate_prompt_tokens`` (an extension, as vLLM's: keep the prompt's last N tokens), ``stream`` (server-sent events
   ending with ``data: [DONE]``; ``stream_options.include_usage`` adds a usage chunk);
 * ``GET /api/info``; ``POST /api/tokens``, ``/api/next``, ``/api/shapes``, ``/api/attention``,
   ``/api/lens`` with ``{"text": ...}`` and the view's settings; ``GET /api/curves``: the
@@ -79,6 +80,7 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)  # extension (as vLLM): keep the prompt's last N tokens
 
 
 class TextRequest(BaseModel):
@@ -106,7 +108,7 @@ class Server:
 
     # -- requests -> completion specs ------------------------------------------------------
 
-    def prompts(self, prompt: Any) -> list[list[int]]:
+    def prompts(self, prompt: Any, keep_last: int | None = None) -> list[list[int]]:
         """The request's prompts as token ids (400 for a bad prompt, 413 for one beyond the limit)."""
         tok = self.engine.tokenizer
         if isinstance(prompt, str):
@@ -127,6 +129,8 @@ class Server:
                 bad = [t for t in ids if not 0 <= t < self.engine.vocab_limit]
                 if bad or not ids:
                     raise APIError(400, f"token ids must be in 0..{self.engine.vocab_limit - 1} and not empty; got {bad[:5] or '[]'}", param="prompt")
+            if keep_last is not None:
+                ids = ids[-keep_last:]
             if len(ids) > self.limits.max_prompt_tokens:
                 raise APIError(413, f"the prompt is {len(ids)} tokens; this server takes at most {self.limits.max_prompt_tokens} "
                                "(the model's context); shorten it", param="prompt", code="context_length_exceeded")
@@ -142,7 +146,7 @@ class Server:
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         if max_tokens > lim.max_tokens:
             raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {lim.max_tokens}", param="max_tokens")
-        prompts = self.prompts(req.prompt)
+        prompts = self.prompts(req.prompt, req.truncate_prompt_tokens)
         if req.n * len(prompts) > lim.max_n:
             raise APIError(400, f"n x prompts is {req.n * len(prompts)}; this server allows at most {lim.max_n} completions per request", param="n")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -290,7 +294,7 @@ def _view(server: Server, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
         with server.engine.lock:
             return fn(*args, **kw)
     except NanoGPTError as e:
-        raise APIError(413 if "more than the model's context" in str(e) else 400, str(e)) from None
+        raise APIError(413 if "at most" in str(e) else 400, str(e)) from None
 
 
 def add_view_routes(app: FastAPI, server: Server) -> None:
@@ -302,7 +306,7 @@ def add_view_routes(app: FastAPI, server: Server) -> None:
         try:
             return views.encode_text(tok, text, eng.block_size)
         except NanoGPTError as e:
-            raise APIError(413 if "context" in str(e) else 400, str(e), param="text") from None
+            raise APIError(400, str(e), param="text") from None
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:

@@ -38,13 +38,12 @@ def piece(tokenizer: Any, token_id: int) -> str:
 
 
 def encode_text(tokenizer: Any, text: str, block_size: int) -> list[int]:
-    """Token ids of ``text`` for a view: empty text starts from end-of-text (or a newline), as ``sample`` does."""
+    """Token ids of ``text`` for a view: its last ``block_size`` tokens (what the model sees when
+    sampling); empty text starts from end-of-text (or a newline), as ``sample`` does."""
     from nanogpt.generate import encode_prompt
 
     ids, _ = encode_prompt(tokenizer, text)
-    if len(ids) > block_size:
-        raise NanoGPTError(f"the text is {len(ids)} tokens, more than the model's context of {block_size}; shorten it")
-    return ids
+    return ids[-block_size:]
 
 
 def tokens_view(tokenizer: Any, ids: Sequence[int]) -> dict[str, Any]:
