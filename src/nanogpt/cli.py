@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("nanogpt.explain", "explain a configuration: shapes, parameters, FLOPs, memory, attention maps"),
     "plot": ("nanogpt.plot", "plot a run's train/val loss curves to a PNG"),
     "export": ("nanogpt.export", "export a run's checkpoint as a Hugging Face GPT-2 folder"),
+    "serve": ("nanogpt.serve.command", "an OpenAI-compatible completion server and a browser playground that shows the model thinking"),
 }
 
 
