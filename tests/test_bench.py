@@ -78,7 +78,7 @@ def test_unknown_peak_prints_unknown(monkeypatch):
 
 def test_presets_set_the_model_and_batch():
     cfg, batch, name = bench.resolve_model("shakespeare-char", {}, torch.device("cpu"))
-    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, batch) == (6, 6, 384, 256, 65, 64)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size, batch) == (6, 6, 384, 256, 76, 64)
     cfg, batch, name = bench.resolve_model(None, {}, torch.device("cpu"))
     assert name == "shakespeare-char-cpu"
     cfg, batch, name = bench.resolve_model("gpt2-124m", {"model.n_layer": "2"}, torch.device("cpu"))

@@ -22,7 +22,7 @@ FLOORS = {
     "model": 4, "resolve": 4,
     "ops": 5, "flops": 5,
     "device": 6, "checkpoint": 6, "data.preparation": 6,
-    "generate": 7, "runlog": 7, "step": 7, "attention_maps": 7, "data": 7,
+    "generate": 7, "runlog": 7, "step": 7, "runsetup": 7, "attention_maps": 7, "data": 7,
     # libraries behind the commands
     "trainer": 8, "evaluate": 8, "explain": 8,
     # the commands and the registry

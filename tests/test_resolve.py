@@ -247,7 +247,7 @@ def test_model_config_of_every_kind(tmp_path):
 
 def test_preset_vocab_comes_from_the_dataset(tmp_path):
     cfg, where = resolve.preset_config("shakespeare-char")
-    assert cfg.vocab_size == resolve.SHAKESPEARE_CHARS == 65 and "not prepared yet" in where
+    assert cfg.vocab_size == resolve.SHAKESPEARE_CHARS == 76 and "not prepared yet" in where
     (tmp_path / "data" / "shakespeare-char").mkdir(parents=True)
     (tmp_path / "data" / "shakespeare-char" / "meta.json").write_text(json.dumps({"vocab_size": 77}))
     cfg, where = resolve.preset_config("shakespeare-char")
@@ -283,7 +283,7 @@ def test_old_names_still_importable():
 
     assert checkpoint.is_run_dir is resolve.is_run_dir and checkpoint.checkpoint_path is resolve.checkpoint_path
     assert hf.is_hf_dir is resolve.is_hf_dir and hf.HUB_NAMES is resolve.HUB_NAMES
-    assert explain.SHAKESPEARE_CHARS == 65 and explain.GPT2_VOCAB == 50257
+    assert explain.SHAKESPEARE_CHARS == 76 and explain.GPT2_VOCAB == 50257
 
 
 def test_load_model_uses_the_resolver(tmp_path):

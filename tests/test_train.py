@@ -242,7 +242,7 @@ def test_non_finite_loss_stops_with_checkpoint_intact(tmp_path, char_data, monke
 @pytest.mark.parametrize(
     "extra, match",
     [
-        ({"data.dataset": "/nonexistent/data", "data.prepare": "none"}, "run: nanogpt prepare shakespeare --tokenizer char --out /nonexistent/data"),
+        ({"data.dataset": "/nonexistent/data", "data.prepare": "none"}, "does not exist; run: nanogpt prepare SOURCE --tokenizer char --out /nonexistent/data"),
         ({"model.block_size": 100000}, "shorter than block_size"),
         ({"run.init_from": "resume"}, "holds no checkpoint|does not exist"),
         ({"run.init_from": "gpt7"}, r"run.init_from \(scratch, resume, or a model\): 'gpt7' not found.*did you mean 'gpt2'"),

@@ -45,8 +45,9 @@ FORMAT_VERSION = 1
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights of ``model`` (already unwrapped) for safetensors: the tied lm_head is left out."""
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    """Weights of ``model`` (already unwrapped) for safetensors: a tied lm_head is left out (it is wte)."""
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", True)
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight" or not tied}
 
 
 def _finite(value: Any) -> bool:
@@ -267,11 +268,11 @@ def _check_info(info: Any, path: Path) -> None:
 
 
 def load_weights(model: GPT, weights: dict[str, torch.Tensor]) -> None:
-    """Load safetensors weights (no lm_head: it is tied) into ``model``, strictly."""
+    """Load safetensors weights into ``model``, strictly; a tied lm_head (left out when saved) is wte."""
     sd = dict(weights)
     if "transformer.wte.weight" not in sd:
         raise NanoGPTError("checkpoint does not fit the model configuration: it has no transformer.wte.weight")
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -297,7 +298,12 @@ def load_model(
     :class:`~nanogpt.resolve.ModelSource` (a caller that accepts fewer kinds resolves first).
     The model is returned in eval mode and float32 on ``device``.
     """
+    from nanogpt.budget import check_model_fits
+    from nanogpt.resolve import model_config
+
     src = source if isinstance(source, ModelSource) else resolve_source(str(source), LOADABLE)
+    if src.kind in ("run", "hf"):  # its size from its configuration, before any weight is read
+        check_model_fits(model_config(src)[0], device)
     if src.kind == "run":
         model, tok, meta = _load_run(src, which)
     elif src.kind in ("hf", "hub"):

@@ -44,7 +44,7 @@ KINDS: tuple[Kind, ...] = ("run", "hf", "hub", "preset")
 LOADABLE: frozenset[str] = frozenset({"run", "hf", "hub"})
 
 GPT2_VOCAB = 50257  # tokens of the GPT-2 BPE tokenizer
-SHAKESPEARE_CHARS = 65  # distinct characters of the tiny-Shakespeare corpus
+SHAKESPEARE_CHARS = 76  # distinct characters of the built-in Shakespeare corpus (tiny Shakespeare has 65)
 
 # The name of a checkpoint folder in a run's checkpoints/ (a re-saved step gets a "-K" suffix).
 CHECKPOINT_NAME = re.compile(r"step-\d{7,}(?:-\d+)?")

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,9 +34,8 @@ from nanogpt.checkpoint import (
     refuse_earlier_run,
     save_checkpoint,
 )
-from nanogpt.config import GPTConfig, OptimConfig, RunConfig, TrainConfig
+from nanogpt.config import GPTConfig, RunConfig, TrainConfig
 from nanogpt.device import (
-    Dist,
     Runtime,
     prepare_model,
     setup_runtime,
@@ -47,6 +46,7 @@ from nanogpt.fsutil import RunLock, atomic_write_text, os_error
 from nanogpt.model import GPT
 from nanogpt.optim import configure_optimizer, lr_at
 from nanogpt.runlog import Logger
+from nanogpt.runsetup import Log, build_model, ensure_dataset, load_data, micro_steps_per_rank, resume_config  # noqa: F401
 from nanogpt.step import (
     StopRequested,
     all_reduce_any,
@@ -57,120 +57,6 @@ from nanogpt.step import (
     set_rng_state,
     train_step,
 )
-
-Log = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------------------------
-# What a run starts from: configuration, data, model
-
-
-def resume_config(cfg: TrainConfig, saved: dict[str, dict[str, Any]], explicit: set[str], run_dir: Path) -> TrainConfig:
-    """A run's saved configuration with the settings named in ``explicit`` taken from ``cfg``.
-
-    Returns a new object (``cfg`` is not changed). The model's settings may only repeat the
-    saved ones: the checkpoint's weights have that shape.
-    """
-    merged = TrainConfig.from_flat({f"{s}.{k}": v for s, d in saved.items() for k, v in d.items()})
-    for key in explicit:
-        section, name = key.split(".", 1)
-        new, old = getattr(getattr(cfg, section), name), getattr(getattr(merged, section), name)
-        if section == "model" and new != old:
-            raise NanoGPTError(f"cannot resume with {key}={new}: the checkpoint in {run_dir} was trained with {old}")
-        if key == "optim.name" and new != old:
-            raise NanoGPTError(f"cannot resume with optim.name={new}: the checkpoint in {run_dir} holds {old}'s optimizer "
-                               f"state; to switch optimizers, fine-tune from it into a new folder: --init-from {run_dir} "
-                               f"--optim.name {new} --out-dir NEW_FOLDER")
-        setattr(getattr(merged, section), name, new)
-    merged.run.init_from = "resume"
-    return merged
-
-
-def ensure_dataset(cfg: TrainConfig, is_main: bool, log: Log) -> None:
-    """Prepare the dataset folder first if it is missing and the config says from what."""
-    from nanogpt.data.preparation import prepare
-
-    folder = Path(cfg.data.dataset)
-    if (folder / "meta.json").is_file():
-        return
-    if not cfg.data.prepare:
-        raise NanoGPTError(
-            f"dataset folder {folder} is not prepared; run: nanogpt prepare shakespeare --tokenizer {cfg.data.tokenizer} --out {folder}"
-        )
-    if is_main:
-        log(f"preparing {cfg.data.prepare} ({cfg.data.tokenizer} tokens) into {folder} ...")
-        prepare([cfg.data.prepare], str(folder), tokenizer=cfg.data.tokenizer, progress=False)
-
-
-def load_data(cfg: TrainConfig, dist: Dist, log: Log) -> Any:
-    """The prepared dataset (``nanogpt.data.loader.PreparedData``); rank 0 prepares it first if missing."""
-    from nanogpt.data.loader import load_prepared
-
-    if dist.is_main:
-        ensure_dataset(cfg, dist.is_main, log)
-    if dist.enabled:  # the other ranks wait for rank 0's preparation
-        import torch.distributed as tdist
-
-        tdist.barrier()
-    return load_prepared(cfg.data.dataset)
-
-
-def micro_steps_per_rank(optim: OptimConfig, world_size: int) -> int:
-    """Each process's share of ``optim.grad_accum_steps``, which must divide evenly."""
-    per_rank, rem = divmod(optim.grad_accum_steps, world_size)
-    if rem:
-        raise NanoGPTError(
-            f"optim.grad_accum_steps ({optim.grad_accum_steps}) must be divisible by the number of processes "
-            f"({world_size}) so that every optimizer step sees the same number of tokens"
-        )
-    return per_rank
-
-
-def build_model(init_from: str, model_cfg: GPTConfig, data_vocab: int, vocab_given: bool, log: Log) -> GPT:
-    """A new model for ``run.init_from`` (anything but resume): scratch, a GPT-2 name, a Hugging
-    Face GPT-2 folder, or another run folder (its best checkpoint).
-
-    ``model_cfg`` is read, not changed; the returned model's ``config`` is the resolved one.
-    From scratch the vocabulary is the dataset's unless ``vocab_given`` (the user chose
-    ``model.vocab_size``, e.g. padded, which must then hold the dataset's). A pretrained model
-    keeps its shape and vocabulary, takes ``model_cfg.dropout`` and is cropped to
-    ``model_cfg.block_size``.
-    """
-    if init_from == "scratch":
-        if vocab_given and model_cfg.vocab_size < data_vocab:
-            raise NanoGPTError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the dataset's vocabulary ({data_vocab})")
-        return GPT(dataclasses.replace(model_cfg, vocab_size=model_cfg.vocab_size if vocab_given else data_vocab))
-    model = pretrained_model(init_from, model_cfg.dropout, log)
-    block, base = model_cfg.block_size, model.config
-    if block > base.block_size:
-        raise NanoGPTError(
-            f"model.block_size {block} is larger than the pretrained model's {base.block_size}; "
-            f"use --model.block_size {base.block_size} or less"
-        )
-    if block < base.block_size:
-        model.crop_block_size(block)
-    if data_vocab > base.vocab_size:
-        raise NanoGPTError(
-            f"the dataset's vocabulary ({data_vocab}) is larger than the model's ({base.vocab_size}); "
-            "prepare the data with the model's tokenizer (--tokenizer gpt2)"
-        )
-    return model
-
-
-def pretrained_model(init_from: str, dropout: float, log: Log) -> GPT:
-    """The model ``init_from`` names (a run folder's best checkpoint, an HF GPT-2 folder or hub name), with ``dropout``."""
-    from nanogpt.resolve import LOADABLE, resolve_source
-
-    src = resolve_source(init_from, LOADABLE, label="run.init_from (scratch, resume, or a model)")
-    if src.kind == "run":
-        ck = load_checkpoint(src.path, "best", trainer=False)
-        model = GPT(GPTConfig(**{**ck.model_config.to_dict(), "dropout": dropout}))
-        load_weights(model, ck.model_state)
-        log(f"initialised from run {init_from} (iteration {ck.info.get('iter')})")
-        return model
-    model = GPT.from_pretrained(src.name, dropout=dropout)
-    log(f"initialised from Hugging Face GPT-2 {init_from}")
-    return model
 
 
 @dataclass
@@ -257,7 +143,8 @@ class Trainer:
         self._announce()
         self.fwd = self._wrap_model()  # what the step calls: kernels installed, compiled, DDP
         self.bytes_per_token = {s: self.data.bytes_per_token(s) for s in ("train", "val")}
-        self.mfu_fn = _mfu_function(self.cfg.model, self.runtime)
+        self.mfu_fn = _mfu_meter(self.cfg.model, self.tokens_per_step // max(1, self.cfg.optim.grad_accum_steps), self.runtime)
+        self.say(self.mfu_fn.note)
         self.logger = Logger(self.run_dir, self.cfg, self.dist.is_main, self.resuming)
         best = None if self.best_val == float("inf") else self.best_val
         self.result = TrainResult(run_dir=self.run_dir, iter=self.iter, best_val=best)
@@ -265,13 +152,19 @@ class Trainer:
     # ---- building
 
     def _new_model(self, cfg: TrainConfig, ck: Checkpoint | None, vocab_given: bool) -> GPT:
+        from nanogpt.budget import check_training_fits
+
+        def fits(config: GPTConfig) -> None:  # weights, gradients, AdamW state and activations, before any of them
+            check_training_fits(config, cfg.data.batch_size, self.micro_steps, self.runtime.dtype, self.runtime.device)
+
         vocab = self.data.tokenizer.vocab_size
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         if ck is not None:
+            fits(cfg.model)
             model = GPT(cfg.model)
             load_weights(model, ck.model_state)
         else:
-            model = build_model(cfg.run.init_from, cfg.model, vocab, vocab_given, self.say)
+            model = build_model(cfg.run.init_from, cfg.model, vocab, vocab_given, self.say, fits)
         if vocab > model.config.vocab_size:
             raise NanoGPTError(f"dataset vocabulary {vocab} exceeds the model's {model.config.vocab_size}")
         return model
@@ -448,7 +341,10 @@ class Trainer:
         ms = (self.train_time - self._time_at_log) / self._steps_since_log * 1000
         tok_s = self.tokens_per_step / (ms / 1000)
         # per-device MFU: the step's tokens are spread over world_size devices
-        mfu = self.mfu_fn(tok_s / self.dist.world_size) if self.mfu_fn else None
+        note = self.mfu_fn.note
+        mfu = self.mfu_fn(tok_s / self.dist.world_size)
+        if self.mfu_fn.note != note:  # the step beat the probed peak: say which peak counts now
+            self.say(self.mfu_fn.note)
         self.logger.record({"kind": "train", "iter": self.iter, "loss": loss, "lr": lr, "ms_per_iter": ms,
                             "tokens_per_s": tok_s, "mfu": mfu, "tokens": self.tokens_seen,
                             "train_time": round(self.train_time, 3)})
@@ -573,12 +469,11 @@ def _runtime_settings(cfg: TrainConfig, explicit: set[str]) -> RunConfig:
         return cfg.run  # the Trainer reports what is wrong with the checkpoint, in one line
 
 
-def _mfu_function(model_cfg: GPTConfig, runtime: Runtime) -> Callable[[float], float | None] | None:
-    try:
-        from nanogpt import flops
-    except ImportError:
-        return None
-    return lambda tok_s: flops.mfu(tok_s, model_cfg, model_cfg.block_size, runtime.device, runtime.dtype)
+def _mfu_meter(model_cfg: GPTConfig, tokens_per_micro_step: int, runtime: Runtime) -> Any:
+    """MFU against a peak the step cannot exceed (``flops.MFUMeter``); its ``note`` says which peak."""
+    from nanogpt import flops
+
+    return flops.MFUMeter(model_cfg, tokens_per_micro_step, runtime.device, runtime.dtype)
 
 
 def _print_sample(model: GPT, tokenizer: Any, cfg: TrainConfig, runtime: Runtime, say: Log) -> None:
