@@ -38,8 +38,8 @@ NANOGPT_CPU = [
 ]
 
 
-def run(name: str, data: Path, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "nanogpt", "train", "--preset", "shakespeare-char-cpu", f"--data.dataset={data}",
+def run(name: str, data: Path, out: Path, extra: list[str], preset: str = "shakespeare-char-cpu") -> dict:
+    cmd = [sys.executable, "-m", "nanogpt", "train", "--preset", preset, f"--data.dataset={data}",
            f"--run.out_dir={out / name}", "--run.sample_tokens=0", "--run.progress=false", *extra]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -59,6 +59,9 @@ def main() -> int:
     ap.add_argument("--input", default="../shared/data/tinyshakespeare/input.txt", help="tiny Shakespeare input.txt")
     ap.add_argument("--budgets", default="20,300", help="comma-separated training-time budgets in seconds")
     ap.add_argument("--skip-baseline", action="store_true", help="do not train nanoGPT's CPU recipe")
+    ap.add_argument("--preset", default="shakespeare-char-cpu", help="the preset timed at each budget")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for the budgeted runs, e.g. --set model.arch=modern (repeatable)")
     ap.add_argument("--out", default=str(RESULTS / "shakespeare_cpu"), help="output path stem (.json and .md)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nanogpt-bench-"))
@@ -71,7 +74,9 @@ def main() -> int:
     for i, b in enumerate(float(x) for x in args.budgets.split(",")):
         interval = ["--run.eval_interval=1000000"] if b <= 60 else ["--run.eval_interval=500"]
         name = f"preset-{b:g}s" + (f"-run{i + 1}" if args.budgets.count(f"{b:g}") > 1 else "")
-        results.append({**run(name, data, work, [f"--run.max_seconds={b:g}", *interval]), "budget_s": b})
+        flags = [f"--run.max_seconds={b:g}", *interval, *(f"--{kv}" for kv in args.extra)]
+        results.append({**run(name, data, work, flags, args.preset), "budget_s": b, "preset": args.preset,
+                        "settings": args.extra})
     import torch
 
     meta = {

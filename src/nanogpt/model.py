@@ -73,16 +73,16 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm with an optional bias (GPT-2 has one; ``bias=False`` models drop it)."""
+class RMSNorm(nn.RMSNorm):
+    """modern: x / rms(x) * gain (no mean subtracted, no bias), in float32 as Llama and Qwen3 compute it."""
 
-    def __init__(self, ndim: int, bias: bool) -> None:
-        super().__init__(ndim, eps=1e-5, bias=bias)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 def norm(config: GPTConfig, ndim: int) -> nn.Module:
-    """GPT-2: LayerNorm; modern: RMSNorm (scale only, no mean subtracted, no bias)."""
-    return LayerNorm(ndim, config.bias) if config.arch == "gpt2" else nn.RMSNorm(ndim, eps=1e-6)
+    """GPT-2: LayerNorm; modern: RMSNorm."""
+    return nn.LayerNorm(ndim, eps=1e-5, bias=config.bias) if config.arch == "gpt2" else RMSNorm(ndim, eps=1e-6)
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -115,7 +115,7 @@ class CausalSelfAttention(nn.Module):
         # q, k and v for all heads in one matmul: C -> 3C
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)
         if config.arch == "modern" and config.qk_norm:  # modern: keeps q . k in range however the weights grow
-            self.q_norm, self.k_norm = nn.RMSNorm(config.head_dim, eps=1e-6), nn.RMSNorm(config.head_dim, eps=1e-6)
+            self.q_norm, self.k_norm = RMSNorm(config.head_dim, eps=1e-6), RMSNorm(config.head_dim, eps=1e-6)
         self.attend = ScaledDotProductAttention(config.dropout)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)  # mixes the heads
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -181,8 +181,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), kv_cache, rope)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
 class LinearCrossEntropy(nn.Module):
