@@ -135,3 +135,10 @@ def test_inspect_explains_the_modern_block_checked_against_hooks(kw):
     assert keys is None or "h.gated" in keys
     text = explain.format_report(report)
     assert "RMSNorm" in text and "wpe" not in text.split("parameters")[-1].split("\n")[1]
+
+
+def test_the_modern_cpu_preset_is_the_cpu_preset_with_the_modern_block():
+    from nanogpt.config import get_preset
+
+    base, modern_preset = get_preset("shakespeare-char-cpu"), get_preset("shakespeare-char-cpu-modern")
+    assert modern_preset == {**base, "model.arch": "modern", "run.out_dir": "runs/shakespeare-char-cpu-modern"}
