@@ -308,13 +308,26 @@ def load_model(
         model, tok, meta = _load_run(src, which)
     elif src.kind in ("hf", "hub"):
         model = GPT.from_pretrained(src.name)
-        tok = _gpt2_tokenizer_if_fits(model.config.vocab_size)
+        tok = _hf_folder_tokenizer(src.path) or _gpt2_tokenizer_if_fits(model.config.vocab_size)
         meta = {"source": src.name, "kind": "hf"}
     else:
         raise NanoGPTError(f"{src.description} is a configuration without weights; pass a run folder, "
                            "a Hugging Face GPT-2 folder or a GPT-2 hub name")
     model.to(device).eval()
     return LoadedModel(model, tok, meta)
+
+
+def _hf_folder_tokenizer(folder: Path | None) -> Any:
+    """The tokenizer an export of ours wrote beside its weights (nanogpt_tokenizer.json), if any."""
+    path = folder / "nanogpt_tokenizer.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    from nanogpt.tokenizer import TokenizerError, tokenizer_from_dict
+
+    try:
+        return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TokenizerError) as e:
+        raise NanoGPTError(f"{path} is not a nanogpt tokenizer description ({e}); delete it or export again") from None
 
 
 def _load_run(src: ModelSource, which: str) -> tuple[GPT, Any, dict[str, Any]]:

@@ -1,10 +1,14 @@
-"""``nanogpt export``: a run's checkpoint -> a Hugging Face GPT-2 folder.
+"""``nanogpt export``: a run's checkpoint -> a folder or file other tools open.
 
-An HF GPT-2 folder is accepted too (it is rewritten in the canonical layout); hub names and
-presets are not: there is nothing of ours to export. The target folder must be empty unless
-``--overwrite``, and is never a run folder or inside one (a run's config.json is not an HF
-config). Files are written beside the target and renamed into place, so a symbolic link
-there is replaced, never written through.
+``--format hf`` (default): a Hugging Face folder (GPT-2, or Qwen3/Llama for the modern block)
+with its tokenizer files, so ``AutoModelForCausalLM`` and ``AutoTokenizer`` load it offline.
+``--format nanogpt``: nanoGPT's ``ckpt.pt`` (+ ``meta.pkl`` for a character vocabulary).
+``--format gguf``: one GGUF file for llama.cpp-based runners (GPT-2 block only).
+
+An HF folder is accepted as the source too; hub names and presets are not: there is nothing of
+ours to export. The target must be empty (or, for a file, absent) unless ``--overwrite``, and is
+never a run folder or inside one. Files are written beside the target and renamed into place,
+so a symbolic link there is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, metavar="DIR", help="output folder for the Hugging Face GPT-2 files")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint (default: best)")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --to folder")
+    parser.add_argument("--format", choices=["hf", "nanogpt", "gguf"], default="hf",
+                        help="hf: a Hugging Face folder; nanogpt: nanoGPT's ckpt.pt; gguf: a .gguf file (default: hf)")
+    parser.add_argument("--type", dest="gguf_type", choices=["f32", "f16", "bf16", "q8_0"], default="f16",
+                        help="gguf only: the matrices' number format (default: f16)")
 
 
 def _run_folder_around(path: Path) -> Path | None:
@@ -41,31 +49,85 @@ def _run_folder_around(path: Path) -> Path | None:
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse a --to that is a file, a run folder or inside one (always), or not empty (unless ``overwrite``)."""
-    if out.exists() and not out.is_dir():
+    """Refuse a --to that is a run folder or inside one (always), or in the way (unless ``overwrite``)."""
+    gguf = out.suffix == ".gguf"  # one file: its folder may hold anything else
+    if gguf and (out.is_symlink() or out.is_dir()):
+        raise NanoGPTError(f"--to {out} is a link or a folder; give a new .gguf file name")
+    if gguf and out.exists() and not overwrite:
+        raise NanoGPTError(f"--to {out} exists; pass --overwrite to replace it, or pick another name")
+    if not gguf and out.exists() and not out.is_dir():
         raise NanoGPTError(f"--to {out} is a file, not a folder; pick a folder for the export")
-    run = _run_folder_around(out.resolve())
+    folder = out.parent if gguf else out
+    run = _run_folder_around(folder.resolve())
     if run is not None:
-        where = "is the run folder" if run == out.resolve() else f"is inside the run folder {run}"
+        where = "is the run folder" if run == folder.resolve() else f"is inside the run folder {run}"
         raise NanoGPTError(f"--to {out} {where}; export into a folder of its own, e.g. --to {run.name}-hf")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not gguf and out.is_dir() and any(out.iterdir()) and not overwrite:
         raise NanoGPTError(f"--to {out} is not empty; pass --overwrite to replace its files, or pick an empty folder")
 
 
-def write_export(out: Path, config: Any, state: dict[str, Any], eot: int | None, tokenizer: dict[str, Any] | None) -> None:
-    """Write the HF files into a fresh temporary folder inside ``out``, then rename each into place."""
-    from nanogpt.hf import write_gpt2
+def _write_hf(tmp: Path, config: Any, state: dict[str, Any], tok: Any) -> None:
+    from nanogpt.hf import write_pretrained
+    from nanogpt.hf_tokenizer import write_hf_tokenizer
 
+    eot = getattr(tok, "eot_id", None) if tok is not None else None
+    write_pretrained(config, state, tmp, eot_id=eot)
+    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": eot, "eos_token_id": eot}) + "\n", encoding="utf-8")
+    if tok is not None:
+        write_hf_tokenizer(tok, tmp, config.block_size)
+        if tok.name != "gpt2":  # read back by nanogpt exactly as it was trained
+            (tmp / "nanogpt_tokenizer.json").write_text(json.dumps(tok.to_dict()) + "\n", encoding="utf-8")
+    os.chmod(tmp / "model.safetensors", 0o644)  # readable by whoever serves the folder
+
+
+def _write_nanogpt(tmp: Path, config: Any, state: dict[str, Any], tok: Any) -> None:
+    from nanogpt.nanogpt_format import write_checkpoint
+    from nanogpt.tokenizer import CharTokenizer
+
+    if config.arch != "gpt2":
+        raise NanoGPTError("nanoGPT's model is GPT-2's block; a model with --model.arch modern cannot be written for it")
+    write_checkpoint(config, state, tmp, chars=tok.chars if isinstance(tok, CharTokenizer) else None)
+
+
+def write_export(out: Path, fmt: str, model: Any, tok: Any, gguf_type: str = "f16", name: str = "") -> list[str]:
+    """Write the export into a fresh temporary folder inside ``out``, then rename each file into place."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".export-"))
     try:
-        write_gpt2(config, state, tmp, eot_id=eot)
-        if tokenizer is not None:
-            (tmp / "nanogpt_tokenizer.json").write_text(json.dumps(tokenizer) + "\n", encoding="utf-8")
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
+        config, state = model.config, model.state_dict()
+        if fmt == "hf":
+            _write_hf(tmp, config, state, tok)
+        elif fmt == "nanogpt":
+            _write_nanogpt(tmp, config, state, tok)
+        else:
+            from nanogpt.gguf_export import write_gguf
+
+            if config.arch != "gpt2":
+                raise NanoGPTError("GGUF export writes llama.cpp's gpt2 architecture; export a modern model with --format hf")
+            write_gguf(config, state, tok, tmp / name, kind=gguf_type)
+        names = sorted(f.name for f in tmp.iterdir())
+        for f in names:
+            os.replace(tmp / f, out / f)
+        return names
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _notes(fmt: str, model: Any, tok: Any) -> list[str]:
+    """What the user should know about the export: how to load it, and what it changes."""
+    notes = []
+    if fmt == "gguf" and tok is not None:
+        from nanogpt.gguf_export import gelu_note
+
+        vocab = model.config.vocab_size
+        note = gelu_note(model, [(7 * i) % vocab for i in range(64)])  # any ids: a fixed spread over the vocabulary
+        notes += [note] if note else []
+    if fmt == "nanogpt" and model.config.activation != "gelu":
+        notes.append("note: nanoGPT runs the exact GELU; this model was trained with the tanh one, so nanoGPT's outputs differ slightly")
+    if fmt == "hf":
+        notes.append("load it offline with AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR)"
+                     if tok is not None else "no tokenizer information in the checkpoint: only the weights were written")
+    return notes
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -74,23 +136,22 @@ def cli_main(args: argparse.Namespace) -> int:
     from nanogpt.resolve import resolve_source
 
     src = resolve_source(args.run_dir, EXPORT_KINDS)
-    out = Path(args.to)
-    check_target(out, args.overwrite)
+    target = Path(args.to)
+    if args.format == "gguf" and target.suffix != ".gguf":
+        raise NanoGPTError(f"--format gguf writes one file: give --to a name ending in .gguf (e.g. {target.name or 'model'}.gguf)")
+    check_target(target, args.overwrite)
     if src.kind == "run" and args.which == "best" and not (Path(src.name) / "best.json").is_file():
         raise NanoGPTError(f"{src.name} has no best checkpoint (no best.json: no evaluation has been saved as best); "
                            "export its last one with --which last")
     loaded = load_model(src, which=args.which)
-    tok = loaded.tokenizer
-    eot = getattr(tok, "eot_id", None) if tok is not None else None
-    if tok is not None and getattr(tok, "name", "") == "gpt2":
-        note, tok_file = "the tokenizer is GPT-2's: load it with AutoTokenizer.from_pretrained('gpt2')", None
-    elif tok is not None:
-        note, tok_file = f"the tokenizer is '{tok.name}' (written beside the weights as nanogpt_tokenizer.json)", tok.to_dict()
-    else:
-        note, tok_file = "no tokenizer information in the checkpoint", None
+    if args.format == "gguf" and loaded.tokenizer is None:
+        raise NanoGPTError("a GGUF file needs the tokenizer, and this source does not say which one it was trained with")
+    out = target.parent if args.format == "gguf" else target
     try:
-        write_export(out, loaded.model.config, loaded.model.state_dict(), eot, tok_file)
+        names = write_export(out, args.format, loaded.model, loaded.tokenizer, args.gguf_type, target.name)
     except OSError as e:
         raise os_error(e, "write the export into", out, "make the folder writable, free some space, or pick another --to") from None
-    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} ({loaded.model.num_params():,} parameters); {note}")
+    print(f"wrote {', '.join(names)} to {out} ({loaded.model.num_params():,} parameters)")
+    for note in _notes(args.format, loaded.model, loaded.tokenizer):
+        print(note)
     return 0

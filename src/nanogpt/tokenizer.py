@@ -265,6 +265,55 @@ def get_gpt2_tokenizer() -> GPT2Tokenizer:
     return GPT2Tokenizer(encoding, source="tiktoken")
 
 
+def hf_tokenizers() -> Any:
+    """Hugging Face ``tokenizers``, imported on first use (it comes with transformers)."""
+    try:
+        import tokenizers
+    except ModuleNotFoundError:
+        raise NanoGPTError("the bpe tokenizer needs Hugging Face tokenizers: pip install tokenizers") from None
+    return tokenizers
+
+
+class BPETokenizer:
+    """A byte-level BPE trained on a corpus (``nanogpt.bpe.train_bpe``), carried as its tokenizer.json text."""
+
+    name = "bpe"
+
+    def __init__(self, tokenizer_json: str) -> None:
+        tk = hf_tokenizers()
+        try:
+            self._tok = tk.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # noqa: BLE001 - any malformed description: one line
+            raise TokenizerError(f"the bpe tokenizer description cannot be read ({e})") from None
+        self.tokenizer_json = tokenizer_json
+        self.vocab_size = self._tok.get_vocab_size()
+        self.eot_id: int | None = self._tok.token_to_id(GPT2_EOT)
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids. A literal ``<|endoftext|>`` becomes the special id (as with GPT-2)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> "np.ndarray":
+        """:meth:`encode` as a uint32 array."""
+        import numpy as np
+
+        return np.asarray(self.encode(text), dtype=np.uint32)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids -> text; bytes that are not valid UTF-8 on their own (half a character) become U+FFFD."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"token id(s) {bad[:10]} are outside this bpe tokenizer's vocabulary of {self.vocab_size}")
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "bpe", "tokenizer_json": self.tokenizer_json}
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
 def get_tokenizer(name: str, text: str | None = None) -> Tokenizer:
     """A tokenizer by name: ``gpt2``, or ``char`` built from ``text``."""
     if name == "gpt2":
@@ -286,4 +335,8 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(list(chars))
     if kind == "gpt2":
         return get_gpt2_tokenizer()
-    raise TokenizerError(f"unknown tokenizer description {d!r}; expected type 'char' or 'gpt2'")
+    if kind == "bpe":
+        if not isinstance(d.get("tokenizer_json"), str):
+            raise TokenizerError("bpe tokenizer description has no 'tokenizer_json' string")
+        return BPETokenizer(d["tokenizer_json"])
+    raise TokenizerError(f"unknown tokenizer description {d!r}; expected type 'char', 'gpt2' or 'bpe'")
