@@ -136,3 +136,20 @@ def test_written_checkpoint_reads_back_as_nanogpt_would_see_it(tmp_path):
     ck = fmt.read_checkpoint(path.parent)
     assert ck.config == model.config and ck.chars == CHARS
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ck.state.items())
+
+
+def test_a_nanogpt_checkpoint_is_a_model_source_everywhere(tmp_path, capsys):
+    from nanogpt.checkpoint import load_model
+    from nanogpt.cli import main
+    from nanogpt.resolve import LOADABLE, resolve_source
+
+    out = save_like_nanogpt(nanogpt_style_model(), tmp_path)
+    for source in (out, out / "ckpt.pt"):
+        assert resolve_source(str(source), LOADABLE).kind == "nanogpt"
+    loaded = load_model(out)
+    assert loaded.tokenizer.chars == CHARS and loaded.meta["iter"] == 250
+    assert main(["sample", str(out / "ckpt.pt"), "--prompt", "ROMEO:", "--max-new-tokens", "4", "--dtype", "float32"]) == 0
+    assert main(["inspect", str(out)]) == 0
+    assert main(["export", str(out), "--to", str(tmp_path / "hf")]) == 0  # a nanoGPT user's model, for transformers
+    assert load_model(tmp_path / "hf").tokenizer.chars == CHARS
+    capsys.readouterr()

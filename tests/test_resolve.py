@@ -13,7 +13,8 @@ from nanogpt.errors import NanoGPTError
 from nanogpt.resolve import LOADABLE, ModelSource, model_config, resolve_source
 
 HUB = "a GPT-2 hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)"
-LOAD_ACCEPTS = f"a run folder, a Hugging Face GPT-2 folder or {HUB}"
+NANOGPT = "a nanoGPT checkpoint (ckpt.pt or its out folder)"
+LOAD_ACCEPTS = f"a run folder, a Hugging Face GPT-2 folder, {NANOGPT} or {HUB}"
 INSPECT = {"run", "hf", "preset"}
 TINY = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 8, "vocab_size": 30}
 TINY_CONFIG = GPTConfig(block_size=8, vocab_size=30, n_layer=2, n_head=2, n_embd=16)
@@ -314,7 +315,7 @@ def test_export_takes_a_run_or_hf_folder_only(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", "gpt2", "--to", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "'gpt2' is a GPT-2 hub name, which is not accepted here; pass a run folder or a Hugging Face GPT-2 folder" in err
+    assert f"'gpt2' is a GPT-2 hub name, which is not accepted here; pass a run folder, a Hugging Face GPT-2 folder or {NANOGPT}" in err
     assert not (tmp_path / "x").exists()
 
 

@@ -306,6 +306,8 @@ def load_model(
         check_model_fits(model_config(src)[0], device)
     if src.kind == "run":
         model, tok, meta = _load_run(src, which)
+    elif src.kind == "nanogpt":
+        model, tok, meta = _load_nanogpt(src)
     elif src.kind in ("hf", "hub"):
         model = GPT.from_pretrained(src.name)
         tok = _hf_folder_tokenizer(src.path) or _gpt2_tokenizer_if_fits(model.config.vocab_size)
@@ -328,6 +330,22 @@ def _hf_folder_tokenizer(folder: Path | None) -> Any:
         return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TokenizerError) as e:
         raise NanoGPTError(f"{path} is not a nanogpt tokenizer description ({e}); delete it or export again") from None
+
+
+def _load_nanogpt(src: ModelSource) -> tuple[GPT, Any, dict[str, Any]]:
+    """A nanoGPT checkpoint: its model, and its character vocabulary (meta.pkl) or GPT-2's tokenizer."""
+    from nanogpt.budget import check_model_fits
+    from nanogpt.nanogpt_format import read_checkpoint
+    from nanogpt.tokenizer import CharTokenizer
+
+    ck = read_checkpoint(src.path or src.name)
+    check_model_fits(ck.config)
+    model = GPT(ck.config)
+    load_weights(model, ck.state)
+    tok = CharTokenizer(ck.chars) if ck.chars else _gpt2_tokenizer_if_fits(ck.config.vocab_size)
+    meta = {"source": src.name, "kind": "nanogpt", "checkpoint": str(ck.path), "iter": ck.iter_num,
+            "val_loss": ck.best_val_loss, "dataset": ck.dataset}
+    return model, tok, meta
 
 
 def _load_run(src: ModelSource, which: str) -> tuple[GPT, Any, dict[str, Any]]:

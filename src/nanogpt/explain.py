@@ -438,7 +438,7 @@ def explain(config: "GPTConfig", batch_size: int = 1, dtype: str = "float32", so
 # Where the configuration comes from
 
 # What `nanogpt inspect SOURCE` takes (hub names are GPT-2 presets here: no download needed).
-INSPECT_KINDS = frozenset({"run", "hf", "preset"})
+INSPECT_KINDS = frozenset({"run", "hf", "nanogpt", "preset"})
 
 
 def resolve_config(

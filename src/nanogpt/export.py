@@ -24,7 +24,7 @@ from typing import Any
 from nanogpt.errors import NanoGPTError
 
 # The kinds of nanogpt.resolve this command takes.
-EXPORT_KINDS = frozenset({"run", "hf"})
+EXPORT_KINDS = frozenset({"run", "hf", "nanogpt"})
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:

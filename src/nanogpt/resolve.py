@@ -30,6 +30,7 @@ from nanogpt.config import PRESETS as TRAINING_PRESETS
 from nanogpt.config import GPTConfig, get_preset
 from nanogpt.errors import NanoGPTError
 from nanogpt import hf_modern
+from nanogpt.nanogpt_format import checkpoint_file
 from nanogpt.hf import HUB_NAMES, config_from_hf, is_hf_dir
 
 __all__ = [
@@ -38,10 +39,10 @@ __all__ = [
     "is_run_dir", "is_hf_dir", "checkpoint_path", "preset_names", "CHECKPOINT_NAME",
 ]
 
-Kind = Literal["run", "hf", "hub", "preset"]
-KINDS: tuple[Kind, ...] = ("run", "hf", "hub", "preset")
+Kind = Literal["run", "hf", "nanogpt", "hub", "preset"]
+KINDS: tuple[Kind, ...] = ("run", "hf", "nanogpt", "hub", "preset")
 # What can be loaded with weights (sample, eval, load_model, train's init_from).
-LOADABLE: frozenset[str] = frozenset({"run", "hf", "hub"})
+LOADABLE: frozenset[str] = frozenset({"run", "hf", "nanogpt", "hub"})
 
 GPT2_VOCAB = 50257  # tokens of the GPT-2 BPE tokenizer
 SHAKESPEARE_CHARS = 76  # distinct characters of the built-in Shakespeare corpus (tiny Shakespeare has 65)
@@ -52,6 +53,7 @@ CHECKPOINT_NAME = re.compile(r"step-\d{7,}(?:-\d+)?")
 _KIND_NAMES = {
     "run": "a run folder",
     "hf": "a Hugging Face GPT-2 folder",
+    "nanogpt": "a nanoGPT checkpoint (ckpt.pt or its out folder)",
     "hub": "a GPT-2 hub name",
     "preset": "a preset",
 }
@@ -159,13 +161,13 @@ def resolve_source(
     if not text:
         raise NanoGPTError(f"{start}no model given; pass {accepted}")
     path = Path(text)
-    if ("run" in allowed or "hf" in allowed) and path.exists():
+    if {"run", "hf", "nanogpt"} & set(allowed) and path.exists():
         kind = _folder_kind(path, need_weights, start)
     else:
         kind = _name_kind(text, allowed, start, accepted)
     if kind not in allowed:
         raise NanoGPTError(f"{start}'{text}' is {_KIND_NAMES[kind]}, which is not accepted here; pass {accepted}")
-    return ModelSource(kind, text, path if kind in ("run", "hf") else None)
+    return ModelSource(kind, text, path if kind in ("run", "hf", "nanogpt") else None)
 
 
 def _config_kind(config_json: Path) -> str | None:
@@ -182,6 +184,8 @@ def _config_kind(config_json: Path) -> str | None:
 
 
 def _folder_kind(path: Path, need_weights: bool, start: str) -> str:
+    if checkpoint_file(path) is not None and not is_run_dir(path) and not is_hf_dir(path):
+        return "nanogpt"  # a ckpt.pt, or nanoGPT's out folder holding one
     if not path.is_dir():
         raise NanoGPTError(f"{start}{path} is a file, not a folder; pass the run or Hugging Face folder that holds the model")
     if is_run_dir(path):
@@ -246,6 +250,10 @@ def model_config(source: ModelSource, vocab_size: int | None = None) -> tuple[GP
         return config_from_hf(data), source.description
     if source.kind == "hub":
         return GPTConfig.from_name(source.name), f"{source.description} (configuration only, no download)"
+    if source.kind == "nanogpt":  # its model_args live inside the checkpoint, beside the weights
+        from nanogpt.nanogpt_format import read_checkpoint
+
+        return read_checkpoint(_folder(source)).config, source.description
     return preset_config(source.name, vocab_size)
 
 

@@ -120,6 +120,14 @@ def pretrained_model(init_from: str, dropout: float, log: Log) -> GPT:
     from nanogpt.resolve import LOADABLE, resolve_source
 
     src = resolve_source(init_from, LOADABLE, label="run.init_from (scratch, resume, or a model)")
+    if src.kind == "nanogpt":
+        from nanogpt.nanogpt_format import read_checkpoint
+
+        ck = read_checkpoint(src.path or src.name)
+        model = GPT(GPTConfig(**{**ck.config.to_dict(), "dropout": dropout}))
+        load_weights(model, ck.state)
+        log(f"initialised from nanoGPT checkpoint {init_from} (iteration {ck.iter_num})")
+        return model
     if src.kind == "run":
         ck = load_checkpoint(src.path, "best", trainer=False)
         model = GPT(GPTConfig(**{**ck.model_config.to_dict(), "dropout": dropout}))
