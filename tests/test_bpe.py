@@ -54,3 +54,35 @@ def test_bad_settings_and_ids_are_one_line(tok):
         tok.decode([tok.vocab_size])
     with pytest.raises(TokenizerError, match="cannot be read"):
         BPETokenizer("{not json")
+
+
+def test_prepare_trains_a_bpe_on_the_train_split_and_training_uses_it(tmp_path):
+    from nanogpt.cli import main
+    from nanogpt.data.loader import load_prepared
+
+    text = tmp_path / "jp.txt"
+    text.write_text(JAPANESE * 5 + ENGLISH * 5, encoding="utf-8")
+    out = tmp_path / "data"
+    assert main(["prepare", str(text), "--tokenizer", "bpe", "--vocab-size", "400", "--out", str(out), "--quiet"]) == 0
+    data = load_prepared(out)
+    assert data.tokenizer.name == "bpe" and 257 <= data.tokenizer.vocab_size <= 400
+    train = data.split("train")
+    assert data.tokenizer.decode(train[:200].tolist()) == (JAPANESE * 5 + ENGLISH * 5)[: len(data.tokenizer.decode(train[:200].tolist()))]
+    again = tmp_path / "again"
+    assert main(["prepare", str(text), "--tokenizer", "bpe", "--vocab-size", "400", "--out", str(again), "--quiet"]) == 0
+    assert (again / "train.bin").read_bytes() == (out / "train.bin").read_bytes()  # deterministic
+
+
+def test_prepare_refuses_token_files_it_did_not_write(tmp_path, capsys):
+    from nanogpt.cli import main
+
+    nanogpt_data = tmp_path / "shakespeare_char"
+    nanogpt_data.mkdir()
+    (nanogpt_data / "train.bin").write_bytes(b"\x00\x01" * 10)
+    (nanogpt_data / "val.bin").write_bytes(b"\x00\x01")
+    text = tmp_path / "t.txt"
+    text.write_text(ENGLISH, encoding="utf-8")
+    assert main(["prepare", str(text), "--out", str(nanogpt_data), "--quiet"]) == 2
+    assert "nanogpt did not write" in capsys.readouterr().err
+    assert (nanogpt_data / "train.bin").read_bytes() == b"\x00\x01" * 10
+    assert main(["prepare", str(text), "--out", str(nanogpt_data), "--quiet", "--overwrite"]) == 0

@@ -445,9 +445,9 @@ def test_bad_options(tmp_path, capsys):
     ]:
         code, _, err = run_cli(capsys, "prepare", src, "--out", out, *argv)
         assert_one_line_error(code, err, needle)
-    code, _, err = run_cli(capsys, "prepare", src, "--tokenizer", "bpe")
+    code, _, err = run_cli(capsys, "prepare", src, "--tokenizer", "sentencepiece")
     assert code == 2
-    assert_one_line_error(code, err, "invalid choice: 'bpe'")
+    assert_one_line_error(code, err, "invalid choice: 'sentencepiece'")
 
 
 def test_load_prepared_missing_or_unfinished(tmp_path):

@@ -261,7 +261,8 @@ class DataConfig:
     prepare: str | None = _help(
         "if the dataset folder is missing, prepare it from this source first (e.g. 'shakespeare')", default=None
     )
-    tokenizer: Literal["char", "gpt2"] = _help("tokenizer used when preparing automatically", default="char")
+    tokenizer: Literal["char", "gpt2", "bpe"] = _help(
+        "tokenizer used when preparing automatically (bpe: trained on the corpus)", default="char")
     batch_size: int = _help("sequences per micro-step per process", default=12)
 
     def __post_init__(self) -> None:

@@ -15,8 +15,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                              f"a Hugging Face corpus: {' | '.join(HF_DATASETS)}")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default: data/<first source>-<tokenizer>, e.g. data/shakespeare-char)")
-    parser.add_argument("--tokenizer", choices=["char", "gpt2"], default="char",
-                        help="char: one id per character of the corpus; gpt2: GPT-2's BPE (default: char)")
+    parser.add_argument("--vocab-size", type=int, default=4096, metavar="N",
+                        help="bpe only: tokens of the BPE trained on the train split (default: 4096)")
+    parser.add_argument("--tokenizer", choices=["char", "gpt2", "bpe"], default="char",
+                        help="char: one id per character of the corpus; gpt2: GPT-2's BPE; bpe: a BPE trained on this corpus (default: char)")
     parser.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                         help="share of the text (one text) or of the documents (many) kept for validation (default: 0.1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
@@ -46,5 +48,6 @@ def cli_main(args: argparse.Namespace) -> int:
         input_path=args.input_path,
         progress=not args.quiet,
         max_documents=args.max_documents,
+        vocab_size=args.vocab_size,
     )
     return 0

@@ -14,6 +14,7 @@ on the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -157,6 +158,10 @@ def _check_out_dir(out: Path, new_identity: tuple, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise NanoGPTError(f"--out {out} is a file; give a folder")
     meta_path = out / "meta.json"
+    foreign = [f"{s}.bin" for s in SPLITS if (out / f"{s}.bin").exists()]
+    if foreign and not meta_path.is_file() and not overwrite:  # e.g. nanoGPT's data/shakespeare_char
+        raise NanoGPTError(f"{out} holds {' and '.join(foreign)} that nanogpt did not write (no meta.json; nanoGPT's "
+                           "token files look like this); choose another --out, or pass --overwrite to replace them")
     if overwrite or not meta_path.is_file():
         return
     try:
@@ -185,8 +190,8 @@ def _check_options(sources: list[str], tokenizer: str, val_fraction: float, erro
     if not sources:
         raise NanoGPTError("give at least one SOURCE: shakespeare, tinyshakespeare, a text file, a folder, "
                            f"or {' / '.join(HF_DATASETS)}")
-    if tokenizer not in ("char", "gpt2"):
-        raise NanoGPTError(f"unknown tokenizer '{tokenizer}'; choose char or gpt2")
+    if tokenizer not in ("char", "gpt2", "bpe"):
+        raise NanoGPTError(f"unknown tokenizer '{tokenizer}'; choose char, gpt2 or bpe")
     if not 0.0 <= val_fraction < 1.0:
         raise NanoGPTError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if errors not in ("strict", "replace", "ignore"):
@@ -210,6 +215,7 @@ class _Plan:
     n_docs: int | None  # documents that will be read; None for a stream of unknown length
     total_bytes: int | None  # for the progress bar; None when unknown
     workers: int  # processes for GPT-2 encoding
+    vocab_size: int = 4096  # bpe: the vocabulary to train
 
     @property
     def tail_split(self) -> bool:
@@ -254,10 +260,12 @@ def prepare(
     input_path: str | None = None,
     progress: bool = True,
     max_documents: int | None = None,
+    vocab_size: int = 4096,
 ) -> dict[str, Any]:
     """Tokenize ``sources`` into ``out_dir``/{train.bin, val.bin, meta.json}; returns the meta dict.
 
-    ``tokenizer``: char | gpt2. ``val_fraction`` in [0, 1). ``errors``: strict | replace | ignore
+    ``tokenizer``: char | gpt2 | bpe (a byte-level BPE of ``vocab_size`` tokens trained on the
+    train split first, ``nanogpt.bpe``). ``val_fraction`` in [0, 1). ``errors``: strict | replace | ignore
     for invalid UTF-8. ``workers``: processes for GPT-2 encoding (None: all cores for inputs of
     16 MB and more, else 1); the tokens do not depend on it. ``input_path``: the file to use for
     ``tinyshakespeare``. ``progress``: show a progress bar and print a summary.
@@ -269,7 +277,7 @@ def prepare(
     resolved = [corpus_source(s, glob, errors, input_path) for s in sources]
     out = Path(out_dir)
     _check_out_dir(out, (tuple((s.kind, s.location) for s in resolved), tokenizer), overwrite)
-    plan = _make_plan(resolved, tokenizer, val_fraction, workers, max_documents)
+    plan = dataclasses.replace(_make_plan(resolved, tokenizer, val_fraction, workers, max_documents), vocab_size=vocab_size)
     options = {"glob": glob, "errors": errors, "max_documents": max_documents}
     try:
         meta = _write_dataset(plan, out, options, t0, progress)
@@ -330,6 +338,8 @@ def _encode_splits(plan: _Plan, writers: dict[str, TokenWriter], tmp: dict[str, 
     if plan.tokenizer == "char":
         tok: Tokenizer = _prepare_char(plan, stats, writers, tmp, bar)
         workers = 1
+    elif plan.tokenizer == "bpe":
+        tok, workers = _prepare_bpe(plan, stats, writers, tmp, bar), 1
     else:
         tok = get_gpt2_tokenizer()
         for s in SPLITS:
@@ -378,6 +388,25 @@ def _install(out: Path, tmp: dict[str, Path], meta_tmp: Path, meta: dict[str, An
     for s in SPLITS:
         os.replace(tmp[s], out / f"{s}.bin")
     os.replace(meta_tmp, out / "meta.json")
+
+
+def _prepare_bpe(plan: _Plan, stats: dict[str, _SplitStats], writers: dict[str, TokenWriter], tmp: dict[str, Path],
+                 bar: Any) -> Tokenizer:
+    """Train a BPE on the train split's text (one pass), then encode both splits with it (a second pass)."""
+    from nanogpt.bpe import train_bpe
+
+    train_text = (text for split, pieces in _gpt2_units(plan, {s: _SplitStats() for s in SPLITS}, None)
+                  if split == "train" for text, _ in pieces)
+    tok = train_bpe(train_text, plan.vocab_size, progress=bar is not None and not bar.disable)
+    for s in SPLITS:
+        writers[s] = TokenWriter(tmp[s], tok.vocab_size)
+    eot = np.array([tok.eot_id], dtype=np.uint32)
+    for split, pieces in _gpt2_units(plan, stats, bar):
+        for text, add_eot in pieces:
+            writers[split].write(tok.encode_array(text))
+            if add_eot:
+                writers[split].write(eot)
+    return tok
 
 
 def _prepare_char(plan: _Plan, stats: dict[str, _SplitStats], writers: dict[str, TokenWriter], tmp: dict[str, Path],
