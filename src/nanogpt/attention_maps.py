@@ -114,6 +114,8 @@ def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from nanogpt.textfont import readable
+
     layers = sorted(maps)
     nh, T, _ = maps[layers[0]].shape
     overview = len(layers) > 1
@@ -131,6 +133,7 @@ def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: 
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     image = None
     label_size = max(3.0, min(9.0, 0.75 * 72 * cell / T))  # points: about one token's height
+    (title, *labels), family = readable([title, *labels])  # any script: a font that has it, or \uXXXX
     for ax in axes.flat:
         ax.set_axis_off()
     for li, layer in enumerate(layers):
@@ -150,14 +153,14 @@ def plot_attention(maps: dict[int, "torch.Tensor"], labels: Sequence[str], out: 
                 ax.set_title(f"layer {layer}, head {h}", fontsize=9)
                 step = max(1, math.ceil(T / 48))  # at most ~48 labels per axis
                 ticks = list(range(0, T, step))
-                ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=label_size)
-                ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=label_size)
+                ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=label_size, fontfamily=family)
+                ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=label_size, fontfamily=family)
     if not overview:
         fig.supxlabel("token attended to (key)")
         fig.supylabel("attending token (query)")
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontfamily=family)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
