@@ -122,6 +122,8 @@ def _notes(fmt: str, model: Any, tok: Any) -> list[str]:
         vocab = model.config.vocab_size
         note = gelu_note(model, [(7 * i) % vocab for i in range(64)])  # any ids: a fixed spread over the vocabulary
         notes += [note] if note else []
+    if fmt == "nanogpt" and getattr(tok, "name", "") == "char":
+        notes.append("for nanoGPT's sample.py: put ckpt.pt in its out_dir and meta.pkl in data/nanogpt_export/")
     if fmt == "nanogpt" and model.config.activation != "gelu":
         notes.append("note: nanoGPT runs the exact GELU; this model was trained with the tanh one, so nanoGPT's outputs differ slightly")
     if fmt == "hf":
