@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from nanogpt.config import GPTConfig
 
+
 class KeyValueStore(Protocol):
     """What attention needs from an inference cache (``nanogpt.generate.KVCache`` is one)."""
 
