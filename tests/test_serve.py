@@ -430,3 +430,28 @@ def test_long_text_views_and_truncated_prompt(client):
     r = post(client, prompt=long, max_tokens=2, truncate_prompt_tokens=48, seed=1)
     assert r.json()["usage"]["prompt_tokens"] == 48
     assert r.json()["choices"][0]["text"] == post(client, prompt=long[-48:], max_tokens=2, seed=1).json()["choices"][0]["text"]
+
+
+def test_modern_block_batched_and_alone_equal_generate():
+    from nanogpt.tokenizer import CharTokenizer
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(arch="modern", block_size=40, vocab_size=len(CHARS), n_layer=2, n_head=2, n_embd=32,
+                          tie_embeddings=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3) if p.dim() >= 2 else p.uniform_(0.5, 1.5)
+    eng = Engine(model.eval(), CharTokenizer(sorted(CHARS)), max_batch=3, max_queue=4)
+    enc = eng.tokenizer.encode
+    specs = [CompletionSpec(tuple(enc(p)), n, SamplingParams(t, None, None), seed=s)
+             for p, n, t, s in [("ab", 50, 1.0, 1), ("hello", 30, 0.0, 2), ("the", 45, 0.8, 3)]]
+    eng.start()
+    try:
+        together = run_to_end(eng, specs)
+    finally:
+        eng.stop()
+    for spec, events in zip(specs, together):
+        gen = torch.Generator().manual_seed(spec.seed)
+        ref = generate_stream(eng.model, torch.tensor([list(spec.prompt_ids)]), spec.max_tokens, spec.sampling.temperature,
+                              None, None, generator=gen, vocab_limit=eng.vocab_limit)
+        assert tokens_of(events) == [int(t) for t in ref]  # batched rows at their own rotary positions
