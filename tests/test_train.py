@@ -281,3 +281,18 @@ def test_tensorboard_logging(tmp_path, char_data):
     train(cfg, explicit)
     events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
+
+
+def test_a_log_line_at_least_every_ten_seconds_whatever_log_interval_says(tmp_path, char_data, monkeypatch):
+    import itertools
+    import json as _json
+
+    from nanogpt import trainer
+
+    clock = itertools.count(0.0, 11.0)  # every reading 11 s after the last: each step is over the limit
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 6, "run.log_interval": 1000,
+                                                           "run.eval_interval": 1000})
+    train(cfg, explicit)
+    rows = [_json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]

@@ -46,19 +46,35 @@ class Logger:
                 raise NanoGPTError("--run.wandb needs wandb: pip install wandb") from None
             self.wandb = wandb.init(project=cfg.run.wandb_project, name=run_dir.name, config=cfg.to_dict(), resume="allow")
 
-    def start_bar(self, start: int, total: int, show: bool) -> None:
-        """Show a progress bar from iteration ``start`` to ``total`` (on a terminal, when ``show``)."""
+    def start_bar(self, start: int, total: int, show: bool, seconds: tuple[float, float] | None = None) -> None:
+        """Show a progress bar (on a terminal, when ``show``): of iterations from ``start`` to ``total``,
+        or, for a time budget, of ``seconds`` = (training seconds done, budget), so its ETA is true."""
         if self.enabled and show:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=False,
-                            disable=not sys.stderr.isatty())
+            disable = not sys.stderr.isatty()
+            if seconds is not None:
+                self.bar = tqdm(total=round(seconds[1], 1), initial=round(seconds[0], 1), unit="s", dynamic_ncols=True,
+                                leave=False, disable=disable, desc="training",
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+                self._by_time = True
+            else:
+                self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=False, disable=disable)
+                self._by_time = False
 
-    def advance_bar(self, loss: float) -> None:
-        """Move the progress bar on by one step, showing its loss."""
+    def advance_bar(self, loss: float, seconds: float = 0.0, iteration: int = 0) -> None:
+        """Move the progress bar on by one step (by its ``seconds`` of training on a time budget)."""
         if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}")
+            if getattr(self, "_by_time", False):
+                left = self.bar.total - self.bar.n
+                if seconds < left:
+                    self.bar.update(seconds)
+                else:  # the budget is spent: exactly full, never past it
+                    self.bar.n = self.bar.total
+                self.bar.set_postfix_str(f"iter {iteration}, loss {loss:.4f}")
+            else:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{loss:.4f}")
 
     def print(self, text: str) -> None:
         """One line on the console, above the progress bar if there is one."""

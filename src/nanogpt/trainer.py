@@ -59,6 +59,9 @@ from nanogpt.step import (
 )
 
 
+LOG_EVERY_S = 10.0  # the longest wall-clock gap between two training log lines
+
+
 @dataclass
 class TrainResult:
     """What a finished (or stopped) run reports back, for tests and callers."""
@@ -138,7 +141,7 @@ class Trainer:
         self.start_iter = self.iter
         # ms/iter is measured on training time alone, so an evaluation or a checkpoint
         # written between two log lines does not show up as a slow iteration.
-        self._time_at_log, self._steps_since_log = self.train_time, 0
+        self._time_at_log, self._steps_since_log, self._wall_at_log = self.train_time, 0, time.monotonic()
         self._write_run_dir()
         self._announce()
         self.fwd = self._wrap_model()  # what the step calls: kernels installed, compiled, DDP
@@ -296,7 +299,8 @@ class Trainer:
     def _train_loop(self) -> str | None:
         """Steps until ``run.max_iters``; returns why it stopped early ("signal", "max_seconds") or None."""
         run = self.cfg.run
-        self.logger.start_bar(self.iter, run.max_iters, run.progress)
+        budget = (self.train_time, run.max_seconds) if run.max_seconds else None
+        self.logger.start_bar(self.iter, run.max_iters, run.progress, budget)
         with StopRequested() as stop:
             while self.iter < run.max_iters:
                 if self.iter > self.start_iter and self.iter % run.eval_interval == 0:
@@ -316,7 +320,7 @@ class Trainer:
         if self.dist.enabled:  # report the mean over all ranks, as one process would
             loss_t = all_reduce_mean(loss_t, self.runtime)
         loss = loss_t.item()  # syncs the device, so the timing below is real
-        self.train_time += time.perf_counter() - t0
+        before, self.train_time = self.train_time, self.train_time + time.perf_counter() - t0
         self.iter += 1
         self.tokens_seen += self.tokens_per_step
         self._steps_since_log += 1
@@ -324,8 +328,9 @@ class Trainer:
             raise NanoGPTError(f"loss became {loss} at iteration {self.iter}; stopping. {self._last_good()}. Lower "
                                "--optim.lr, raise --optim.warmup_iters, or train in --run.dtype bfloat16/float32")
         self.result.losses.append(loss)
-        self.logger.advance_bar(loss)
-        if self.iter % self.cfg.run.log_interval == 0 or self.iter == 1:
+        self.logger.advance_bar(loss, self.train_time - before, self.iter)
+        # a line every log_interval steps, and at least every LOG_EVERY_S of wall time whatever that says
+        if self.iter % self.cfg.run.log_interval == 0 or self.iter == 1 or time.monotonic() - self._wall_at_log >= LOG_EVERY_S:
             self._log_step(loss, lr)
         return loss
 
@@ -350,7 +355,7 @@ class Trainer:
                             "train_time": round(self.train_time, 3)})
         self.say(f"iter {self.iter}: loss {loss:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tok_s:,.0f} tok/s, "
                  f"{'MFU ' + format(mfu * 100, '.1f') + '%' if mfu is not None else 'MFU: unknown peak'}")
-        self._time_at_log, self._steps_since_log = self.train_time, 0
+        self._time_at_log, self._steps_since_log, self._wall_at_log = self.train_time, 0, time.monotonic()
 
     def _stop_reason(self, stop: StopRequested) -> str | None:
         run = self.cfg.run
