@@ -174,3 +174,23 @@ def test_eval_missing_data_and_foreign_characters(char_run, tmp_path, capsys):
     assert main(["eval", str(run), "--data", str(f)]) == 2
     err = capsys.readouterr()[1]
     assert "outside" in err and "ü" in err and err.count("\n") == 1
+
+
+def test_the_progress_bar_changes_nothing_and_counts_every_scored_token(monkeypatch, capsys):
+    import tqdm.auto
+
+    counted = []
+    real = tqdm.auto.tqdm
+
+    class Counting(real):
+        def update(self, n=1):
+            counted.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Counting)
+    model = tiny_model()
+    tokens = torch.randint(0, 40, (100,))
+    plain = score_tokens(model, tokens, context=16, stride=8, batch_size=3)
+    counted.clear()
+    with_bar = score_tokens(model, tokens, context=16, stride=8, batch_size=3, progress=True)
+    assert with_bar == plain and sum(counted) == plain[1] == 99

@@ -57,6 +57,7 @@ class BenchConfig:
     sample_tokens: int = field(default=64, metadata={"help": "new tokens per sampling measurement (0 = skip sampling)"})
     prompt_tokens: int = field(default=16, metadata={"help": "prompt length for the sampling measurement"})
     seed: int = field(default=1337, metadata={"help": "seed for the model init and the random tokens"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar (it is drawn on a terminal only, on stderr)"})
     remeasure_peak: bool = field(
         default=False, metadata={"help": "CPU: probe the peak FLOP/s again (keeps the higher of new and cached)"}
     )
@@ -243,8 +244,15 @@ def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: i
     log(f"model: {model.num_params():,} parameters; batch {B} x {T} tokens x {opts.grad_accum} micro-steps")
     log(f"training: {opts.warmup} warm-up + {opts.steps} measured steps ...")
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=opts.warmup + opts.steps, desc="bench", unit="step", leave=False,
+               disable=True if opts.quiet else None)  # None: only on a terminal
+
     def step() -> torch.Tensor:
-        return train_step(fwd, optimizer, batches, runtime, grad_clip=OptimConfig().grad_clip, scaler=scaler)
+        loss = train_step(fwd, optimizer, batches, runtime, grad_clip=OptimConfig().grad_clip, scaler=scaler)
+        bar.update(1)
+        return loss
 
     t0 = time.perf_counter()
     for _ in range(opts.warmup):
@@ -252,6 +260,7 @@ def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: i
     _sync(device)
     warmup_s = time.perf_counter() - t0
     timing = time_calls(step, 0, opts.steps, device)
+    bar.close()
     return {"warmup_seconds": warmup_s, "timing": timing}
 
 

@@ -71,11 +71,13 @@ def score_tokens(
     stride: int | None = None,
     batch_size: int = 8,
     autocast: Any = None,
+    progress: bool = False,
 ) -> tuple[float, int]:
     """Total cross-entropy (nats, float64 sum) and number of targets scored over ``tokens`` (N,).
 
     See the module doc for the windows. ``autocast`` is a context manager factory (e.g.
     ``Runtime.autocast``) or None for the model's own dtype. The model runs in eval mode.
+    ``progress``: a bar of scored tokens on stderr (drawn only on a terminal).
     """
     ctx = model.config.block_size if context is None else context
     if not 1 <= ctx <= model.config.block_size:
@@ -111,6 +113,10 @@ def score_tokens(
         nll = F.cross_entropy(logits.float().view(-1, V), y.view(-1), ignore_index=-1, reduction="sum")
         return float(nll.double())
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max(len(tokens) - 1, 0), unit="tok", unit_scale=True, desc="eval", leave=False,
+               disable=None if progress else True)  # None: only on a terminal
     was_training = model.training
     model.eval()  # no dropout while scoring; the caller's mode comes back at the end
     try:
@@ -119,10 +125,12 @@ def score_tokens(
             count += w[2]
             if len(batch) == per_batch:
                 total += run(batch)
+                bar.update(sum(k for _, _, k in batch))
                 batch = []
         if batch:
             total += run(batch)
     finally:
+        bar.close()
         model.train(was_training)
     return total, count
 
@@ -195,6 +203,7 @@ def evaluate(
     max_tokens: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    progress: bool = False,
 ) -> EvalResult:
     """Load ``source`` and score ``data`` (a prepared folder's ``split`` or a UTF-8 text file)."""
     from nanogpt.checkpoint import load_model
@@ -237,7 +246,7 @@ def evaluate(
     ctx = model.config.block_size if context is None else context
     stride = ctx if stride is None else stride
     t0 = time.perf_counter()
-    nats, n = score_tokens(model, ids, ctx, stride, batch_size, runtime.autocast)
+    nats, n = score_tokens(model, ids, ctx, stride, batch_size, runtime.autocast, progress)
     seconds = time.perf_counter() - t0
     if split_name is None:
         n_bytes = float(_utf8_bytes(tok, ids[1:]))  # the scored tokens: all but the first
@@ -274,6 +283,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
     add_runtime_args(parser, "autocast dtype (auto: bfloat16 where the hardware has fast bf16, else float32)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn on a terminal only)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -287,6 +297,7 @@ def cli_main(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         device=args.device,
         dtype=args.dtype,
+        progress=not args.quiet,
     )
     if args.json:
         print(json.dumps(asdict(r)))
