@@ -415,3 +415,19 @@ def test_generate_uses_eval_mode_and_restores_training():
     b = generate(model, idx, 10, temperature=0.0, use_cache=False)
     assert torch.equal(a, b)  # dropout would make these differ
     assert model.training
+
+
+def test_sampling_follows_the_distribution_and_never_picks_a_filtered_token():
+    from nanogpt.generate import sample_next_token
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.15, 0.05])
+    logits = probs.log().expand(4000, -1)  # 4000 rows of the same distribution (zeros: -inf)
+    g = torch.Generator().manual_seed(0)
+    drawn = sample_next_token(logits, 1.0, generator=g)
+    freq = torch.bincount(drawn, minlength=6).float() / 4000
+    assert freq[1] == 0 and freq[3] == 0  # impossible tokens never drawn
+    assert torch.allclose(freq, probs, atol=0.025)  # 4000 draws: within ~3 standard deviations
+    top2 = sample_next_token(logits, 1.0, top_k=2, generator=g)
+    assert set(top2.tolist()) <= {0, 2}
+    again = sample_next_token(logits, 1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, drawn)  # the same seed, the same tokens
