@@ -21,6 +21,7 @@ evaluations are saved, pointers may name only ``checkpoints/step-*`` folders of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -290,13 +291,15 @@ class LoadedModel:
 
 
 def load_model(
-    source: str | Path | ModelSource, device: str | torch.device = "cpu", which: str = "best"
+    source: str | Path | ModelSource, device: str | torch.device = "cpu", which: str = "best",
+    dropout: float | None = None,
 ) -> LoadedModel:
-    """A model from a run folder, a local HF GPT-2 folder, or (online) a GPT-2 hub name.
+    """A model from a run folder, a local HF folder, a nanoGPT checkpoint, or (online) a GPT-2 hub name.
 
     ``source`` is resolved by :func:`nanogpt.resolve.resolve_source` unless it is already a
     :class:`~nanogpt.resolve.ModelSource` (a caller that accepts fewer kinds resolves first).
-    The model is returned in eval mode and float32 on ``device``.
+    ``dropout`` replaces the saved one (fine-tuning). The model is returned in eval mode and
+    float32 on ``device``.
     """
     from nanogpt.budget import check_model_fits
     from nanogpt.resolve import model_config
@@ -305,11 +308,11 @@ def load_model(
     if src.kind in ("run", "hf"):  # its size from its configuration, before any weight is read
         check_model_fits(model_config(src)[0], device)
     if src.kind == "run":
-        model, tok, meta = _load_run(src, which)
+        model, tok, meta = _load_run(src, which, dropout)
     elif src.kind == "nanogpt":
-        model, tok, meta = _load_nanogpt(src)
+        model, tok, meta = _load_nanogpt(src, dropout)
     elif src.kind in ("hf", "hub"):
-        model = GPT.from_pretrained(src.name)
+        model = GPT.from_pretrained(src.name, **({} if dropout is None else {"dropout": dropout}))
         tok = _hf_folder_tokenizer(src.path) or _gpt2_tokenizer_if_fits(model.config.vocab_size)
         meta = {"source": src.name, "kind": "hf"}
     else:
@@ -332,7 +335,11 @@ def _hf_folder_tokenizer(folder: Path | None) -> Any:
         raise NanoGPTError(f"{path} is not a nanogpt tokenizer description ({e}); delete it or export again") from None
 
 
-def _load_nanogpt(src: ModelSource) -> tuple[GPT, Any, dict[str, Any]]:
+def _with_dropout(config: GPTConfig, dropout: float | None) -> GPTConfig:
+    return config if dropout is None else dataclasses.replace(config, dropout=dropout)
+
+
+def _load_nanogpt(src: ModelSource, dropout: float | None = None) -> tuple[GPT, Any, dict[str, Any]]:
     """A nanoGPT checkpoint: its model, and its character vocabulary (meta.pkl) or GPT-2's tokenizer."""
     from nanogpt.budget import check_model_fits
     from nanogpt.nanogpt_format import read_checkpoint
@@ -340,7 +347,7 @@ def _load_nanogpt(src: ModelSource) -> tuple[GPT, Any, dict[str, Any]]:
 
     ck = read_checkpoint(src.path or src.name)
     check_model_fits(ck.config)
-    model = GPT(ck.config)
+    model = GPT(_with_dropout(ck.config, dropout))
     load_weights(model, ck.state)
     tok = CharTokenizer(ck.chars) if ck.chars else _gpt2_tokenizer_if_fits(ck.config.vocab_size)
     meta = {"source": src.name, "kind": "nanogpt", "checkpoint": str(ck.path), "iter": ck.iter_num,
@@ -348,9 +355,9 @@ def _load_nanogpt(src: ModelSource) -> tuple[GPT, Any, dict[str, Any]]:
     return model, tok, meta
 
 
-def _load_run(src: ModelSource, which: str) -> tuple[GPT, Any, dict[str, Any]]:
+def _load_run(src: ModelSource, which: str, dropout: float | None = None) -> tuple[GPT, Any, dict[str, Any]]:
     ck = load_checkpoint(src.name, which, trainer=False)
-    model = GPT(ck.model_config)
+    model = GPT(_with_dropout(ck.model_config, dropout))
     load_weights(model, ck.model_state)
     tok = None
     if ck.info.get("tokenizer"):

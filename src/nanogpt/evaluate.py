@@ -270,7 +270,7 @@ def evaluate(
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face GPT-2 folder, or a hub name (gpt2, ...)")
+    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face folder, a nanoGPT ckpt.pt, or a hub name (gpt2, ...)")
     parser.add_argument("--data", required=True, help="a folder made by 'nanogpt prepare', or a UTF-8 text file")
     parser.add_argument("--split", default="val", choices=["train", "val"], help="split of a prepared folder (default: val)")
     parser.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's block_size)")

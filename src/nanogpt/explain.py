@@ -482,7 +482,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     """Flags of ``nanogpt inspect``."""
     parser.add_argument(
         "source", nargs="?", default=None,
-        help="a run folder, a Hugging Face GPT-2 folder, or a preset name (default: --preset gpt2)",
+        help="a run folder, a Hugging Face folder, a nanoGPT ckpt.pt, or a preset name (default: --preset gpt2)",
     )
     parser.add_argument(
         "--preset", default=None,

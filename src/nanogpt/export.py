@@ -28,7 +28,7 @@ EXPORT_KINDS = frozenset({"run", "hf", "nanogpt"})
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="SOURCE", help="a training run folder (runs/NAME) or a Hugging Face GPT-2 folder")
+    parser.add_argument("run_dir", metavar="SOURCE", help="a training run folder (runs/NAME), a Hugging Face folder or a nanoGPT ckpt.pt")
     parser.add_argument("--to", required=True, metavar="DIR", help="output folder for the Hugging Face GPT-2 files")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint (default: best)")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --to folder")

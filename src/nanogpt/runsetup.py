@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from nanogpt.checkpoint import load_checkpoint, load_weights
 from nanogpt.config import GPTConfig, OptimConfig, TrainConfig
 from nanogpt.device import Dist
 from nanogpt.errors import NanoGPTError
@@ -116,24 +115,13 @@ def build_model(init_from: str, model_cfg: GPTConfig, data_vocab: int, vocab_giv
 
 
 def pretrained_model(init_from: str, dropout: float, log: Log) -> GPT:
-    """The model ``init_from`` names (a run folder's best checkpoint, an HF GPT-2 folder or hub name), with ``dropout``."""
+    """The model ``init_from`` names (a run folder's best checkpoint, an HF folder or hub name, a nanoGPT
+    checkpoint), with ``dropout``."""
+    from nanogpt.checkpoint import load_model
     from nanogpt.resolve import LOADABLE, resolve_source
 
     src = resolve_source(init_from, LOADABLE, label="run.init_from (scratch, resume, or a model)")
-    if src.kind == "nanogpt":
-        from nanogpt.nanogpt_format import read_checkpoint
-
-        ck = read_checkpoint(src.path or src.name)
-        model = GPT(GPTConfig(**{**ck.config.to_dict(), "dropout": dropout}))
-        load_weights(model, ck.state)
-        log(f"initialised from nanoGPT checkpoint {init_from} (iteration {ck.iter_num})")
-        return model
-    if src.kind == "run":
-        ck = load_checkpoint(src.path, "best", trainer=False)
-        model = GPT(GPTConfig(**{**ck.model_config.to_dict(), "dropout": dropout}))
-        load_weights(model, ck.model_state)
-        log(f"initialised from run {init_from} (iteration {ck.info.get('iter')})")
-        return model
-    model = GPT.from_pretrained(src.name, dropout=dropout)
-    log(f"initialised from Hugging Face GPT-2 {init_from}")
-    return model
+    loaded = load_model(src, which="best", dropout=dropout)
+    at = f" (iteration {loaded.meta['iter']})" if loaded.meta.get("iter") is not None else ""
+    log(f"initialised from {src.description}{at}")
+    return loaded.model

@@ -23,7 +23,7 @@ from nanogpt.generate import (
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face GPT-2 folder, or a hub name (gpt2, ...)")
+    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face folder, a nanoGPT ckpt.pt, or a hub name (gpt2, ...)")
     g = parser.add_argument_group("prompt")
     g.add_argument("--prompt", default=None, help="text to continue (default: empty = start from end-of-text or a newline)")
     g.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file instead")

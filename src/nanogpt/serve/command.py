@@ -11,7 +11,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face GPT-2 folder, or a hub name (gpt2, ...)")
+    parser.add_argument("source", help="a run folder (its best checkpoint), a Hugging Face folder, a nanoGPT ckpt.pt, or a hub name (gpt2, ...)")
     g = parser.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
