@@ -40,6 +40,18 @@ def check_seed(seed: Any, name: str) -> int:
     return seed
 
 
+THREADS_HELP = ("CPU threads: auto (time the steps at a few counts and keep the fastest, again when the load "
+                "changes; OMP_NUM_THREADS in the environment fixes it) or a fixed count; a fixed count reproduces "
+                "results bit for bit")
+
+
+def check_threads(value: str, name: str = "threads") -> str:
+    """``value`` if it is 'auto' or a positive integer, else one error line."""
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise NanoGPTError(f"{name} must be 'auto' or a positive number of threads, got '{value}'")
+
+
 def _check_finite(obj: Any, section: str) -> None:
     """Every float field of a config dataclass is a finite number (NaN and inf are never meant)."""
     for f in dataclasses.fields(obj):
@@ -356,6 +368,7 @@ class RunConfig:
         "compute dtype for autocast (auto: bfloat16 where the hardware supports it)", default="auto"
     )
     compile: Literal["auto", "true", "false"] = _help("torch.compile the model (auto: on CUDA)", default="auto")
+    threads: str = _help(THREADS_HELP, default="auto")
     tensorboard: bool = _help("write TensorBoard event files to out_dir/tb", default=False)
     wandb: bool = _help("log to Weights & Biases (needs 'pip install wandb')", default=False)
     wandb_project: str = _help("wandb project name", default="nanogpt")
@@ -370,6 +383,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_finite(self, "run")
         check_seed(self.seed, "run.seed")
+        self.threads = check_threads(str(self.threads), "run.threads")  # a config file may give a number
         if self.sample_tokens < 0:
             raise NanoGPTError(f"run.sample_tokens must be >= 0 (0 = none), got {self.sample_tokens}")
         if self.max_iters <= 0:

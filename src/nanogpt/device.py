@@ -28,6 +28,8 @@ import torch
 from nanogpt import cpu
 from nanogpt.errors import NanoGPTError
 
+from nanogpt.threads import ThreadTuner, make_tuner
+
 if TYPE_CHECKING:
     from nanogpt.ops import Kernels
 
@@ -35,9 +37,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def add_runtime_args(parser: Any, dtype_help: str) -> None:
-    """The --device and --dtype flags shared by the inference commands (sample, eval)."""
+    """The --device, --dtype and --threads flags shared by the inference commands (sample, eval, serve)."""
+    from nanogpt.config import THREADS_HELP
+
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES], help=dtype_help)
+    parser.add_argument("--threads", default="auto", help=THREADS_HELP + " (default: auto)")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -212,6 +217,7 @@ class Runtime:
     compile_reason: str
     dist: Dist = field(default_factory=Dist)
     allocator: str = ""  # what keep_freed_memory() did (CPU runs)
+    threads: ThreadTuner = field(default_factory=lambda: ThreadTuner([torch.get_num_threads()], "torch's default"))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.dtype)
@@ -222,6 +228,7 @@ class Runtime:
             f"device {self.device}{' (' + device_label(self.device) + ')' if device_label(self.device) else ''}, "
             f"dtype {name} ({self.dtype_reason}), compile {'on' if self.compile else 'off'} ({self.compile_reason})"
             + (f", {self.allocator}" if self.allocator else "")
+            + (f", {self.threads.describe()}" if self.device.type == "cpu" else "")
             + (f", rank {self.dist.rank}/{self.dist.world_size}" if self.dist.enabled else "")
         )
 
@@ -236,7 +243,7 @@ def device_label(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         features = cpu.matmul_features()[:2]  # the two most capable: 'AMX, AVX-512 BF16'
-        return f"{cpu.cpu_name()}{' (' + ', '.join(features) + ')' if features else ''}, {torch.get_num_threads()} threads"
+        return f"{cpu.cpu_name()}{' (' + ', '.join(features) + ')' if features else ''}"
     return ""
 
 
@@ -278,8 +285,9 @@ def keep_freed_memory() -> str:
     return _allocator_note
 
 
-def setup_runtime(device: str = "auto", dtype: str = "auto", compile: str = "auto", distributed: bool = False) -> Runtime:
-    """Resolve device, dtype and compile choice (and join torchrun when ``distributed``)."""
+def setup_runtime(device: str = "auto", dtype: str = "auto", compile: str = "auto", distributed: bool = False,
+                  threads: str = "auto") -> Runtime:
+    """Resolve device, dtype, compile choice and CPU threads (and join torchrun when ``distributed``)."""
     if distributed:
         dist, dev = setup_distributed(device)
     else:
@@ -291,7 +299,7 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", compile: str = "aut
         # TF32 matmuls: ~8x the fp32 throughput on Ampere+ for the fp32 parts that remain.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(dev, dt, dt_reason, comp, comp_reason, dist, allocator)
+    return Runtime(dev, dt, dt_reason, comp, comp_reason, dist, allocator, make_tuner(threads, dev.type))
 
 
 def unwrap(model: Any) -> torch.nn.Module:

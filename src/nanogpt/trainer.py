@@ -149,6 +149,7 @@ class Trainer:
         self.mfu_fn = _mfu_meter(self.cfg.model, self.tokens_per_step // max(1, self.cfg.optim.grad_accum_steps), self.runtime)
         self.say(self.mfu_fn.note)
         self.logger = Logger(self.run_dir, self.cfg, self.dist.is_main, self.resuming)
+        self.runtime.threads.on_decision = self._threads_chosen
         best = None if self.best_val == float("inf") else self.best_val
         self.result = TrainResult(run_dir=self.run_dir, iter=self.iter, best_val=best)
 
@@ -315,11 +316,12 @@ class Trainer:
         """One optimizer step at the current iteration; returns its loss (the mean over all processes)."""
         lr = self._set_lr()
         t0 = time.perf_counter()
-        batches = [self.loader.next_batch() for _ in range(self.micro_steps)]
-        loss_t = train_step(self.fwd, self.optimizer, batches, self.runtime, self.cfg.optim.grad_clip, self.scaler)
-        if self.dist.enabled:  # report the mean over all ranks, as one process would
-            loss_t = all_reduce_mean(loss_t, self.runtime)
-        loss = loss_t.item()  # syncs the device, so the timing below is real
+        with self.runtime.threads.unit():  # CPU threads: fixed, or tuned on the steps' own times
+            batches = [self.loader.next_batch() for _ in range(self.micro_steps)]
+            loss_t = train_step(self.fwd, self.optimizer, batches, self.runtime, self.cfg.optim.grad_clip, self.scaler)
+            if self.dist.enabled:  # report the mean over all ranks, as one process would
+                loss_t = all_reduce_mean(loss_t, self.runtime)
+            loss = loss_t.item()  # syncs the device, so the timing below is real
         before, self.train_time = self.train_time, self.train_time + time.perf_counter() - t0
         self.iter += 1
         self.tokens_seen += self.tokens_per_step
@@ -333,6 +335,15 @@ class Trainer:
         if self.iter % self.cfg.run.log_interval == 0 or self.iter == 1 or time.monotonic() - self._wall_at_log >= LOG_EVERY_S:
             self._log_step(loss, lr)
         return loss
+
+    def _threads_chosen(self, decision: dict[str, Any]) -> None:
+        """Say and record a choice of ``--run.threads auto`` when it sets or changes the count."""
+        if decision["changed"]:
+            from nanogpt.threads import describe_decision
+
+            self.say(describe_decision(decision))
+        self.logger.record({"kind": "threads", "iter": self.iter, **decision,
+                            "ms": {str(k): v for k, v in decision["ms"].items()}})
 
     def _set_lr(self) -> float:
         run = self.cfg.run
@@ -451,7 +462,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = 
     is written to its folder's config.json.
     """
     run = _runtime_settings(cfg, explicit or set())
-    runtime = setup_runtime(run.device, run.dtype, run.compile, distributed=True)
+    runtime = setup_runtime(run.device, run.dtype, run.compile, distributed=True, threads=run.threads)
     try:
         return Trainer(cfg, runtime, explicit, log).run()
     finally:
