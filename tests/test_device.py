@@ -72,4 +72,5 @@ def test_allocator_note_in_the_runtime_description():
 
     runtime = setup_runtime("cpu", "float32", "false")
     assert runtime.allocator == keep_freed_memory()  # idempotent: the same note every call
-    assert runtime.describe().endswith(runtime.allocator)
+    assert f", {runtime.allocator}, {runtime.threads.describe()}" in runtime.describe()
+    assert runtime.describe().endswith(runtime.threads.describe())

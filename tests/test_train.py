@@ -296,3 +296,34 @@ def test_a_log_line_at_least_every_ten_seconds_whatever_log_interval_says(tmp_pa
     train(cfg, explicit)
     rows = [_json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_threads_auto_is_said_and_recorded(char_data, tmp_path, monkeypatch):
+    """--run.threads auto on two cores times both counts first, says its choice and records it."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 12, "run.eval_interval": 100})
+    lines = []
+    train(cfg, explicit, log=lines.append)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if r["kind"] == "threads"]
+    assert len(chosen) == 1 and chosen[0]["iter"] == 7 and set(chosen[0]["ms"]) == {"1", "2"}
+    assert counts[:2] == [1, 2] and counts[-1] == chosen[0]["threads"]  # the trial, then the choice
+    assert any(x.startswith(f"threads: {chosen[0]['threads']} (auto, first measurement: ") for x in lines)
+    assert any("threads auto (2 cores; trying 2/1)" in x for x in lines)
+
+
+def test_threads_fixed_by_flag_and_kept_on_resume(char_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 6, "run.threads": "1"})
+    lines = []
+    train(cfg, explicit, log=lines.append)
+    assert counts == [1] and any("1 thread (asked for)" in x for x in lines)
+    cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 8, "run.init_from": "resume"})
+    explicit.discard("run.threads")
+    train(cfg, {"run.max_iters", "run.init_from"}, log=lines.append)
+    assert counts == [1, 1]  # the saved run's count
