@@ -143,3 +143,12 @@ def test_interval_is_bounded(monkeypatch):
     m.run(t, 400, monkeypatch)
     assert t.interval == 40.0 and all(d["threads"] == 2 for d in t.decisions)
     assert len(t.decisions) >= 8  # checks at ~10, 30, 70, 110, ... seconds kept coming
+
+
+def test_first_trial_gives_up_on_a_hopeless_count(monkeypatch):
+    """Without any earlier measurement, a count over twice as slow as one already timed is dropped."""
+    m = Machine({2: 2.0, 1: 0.1})
+    t = tuner_for(m)
+    used = m.run(t, 7, monkeypatch)
+    assert used == [1, 1, 1, 1, 2, 2, 1]  # 2 threads: the discarded unit and one timed, not three
+    assert t.decisions[0]["threads"] == 1 and t.decisions[0]["ms"] == {1: 100.0, 2: 2000.0}

@@ -49,8 +49,8 @@ class ThreadTuner:
     ``max_interval``) while the choice holds and starts again from ``base_interval`` when it
     changes. A trial also starts early when the median of the last units is ``slowdown`` times
     the median the last decision saw (unless the count is already the fewest: fewer cannot
-    help), and a count whose timed unit takes ``give_up`` times the current count's recent
-    median is not timed further in that trial.
+    help), and a count whose timed unit takes ``give_up`` times the best median known (the
+    current count's just before the trial, the other counts' in it) is not timed further.
     """
 
     def __init__(self, counts: list[int], reason: str, set_threads: Callable[[int], None] = _set_torch_threads,
@@ -133,12 +133,19 @@ class ThreadTuner:
             return
         if self._trial:
             self._trial[count].append(seconds)
-            if count != self.current and self._reference and seconds > self.give_up * self._reference:
+            if seconds > self.give_up * self._best_so_far(count):
                 self._plan = [unit for unit in self._plan if unit[0] != count]  # clearly slower: no more of it
             if not self._plan:
                 self._decide()
         elif count == self.current:
             self._recent.append(seconds)
+
+    def _best_so_far(self, count: int) -> float:
+        """The fastest median known besides ``count``'s: the current count's before the trial, the other counts' in it."""
+        known = [statistics.median(ts) for c, ts in self._trial.items() if c != count and ts]
+        if self._reference and count != self.current:
+            known.append(self._reference)
+        return min(known, default=float("inf"))
 
     def _decide(self) -> None:
         medians = {c: statistics.median(ts) for c, ts in self._trial.items() if ts}
