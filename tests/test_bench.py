@@ -21,7 +21,7 @@ FIELDS = {
     "grad_accum", "tokens_per_step", "warmup_steps", "warmup_seconds", "steps", "ms_per_step",
     "ms_per_step_median", "ms_per_step_min", "tokens_per_second", "flops_per_token", "achieved_tflops",
     "peak_tflops", "mfu", "peak_memory_bytes", "memory_kind", "loss_first", "loss_last", "sampling", "torch",
-    "threads", "python", "date", "preset",
+    "threads", "threads_choice", "python", "date", "preset",
 }
 
 

@@ -18,6 +18,9 @@ What is measured, so that a sceptic can rerun it:
 * Sampling: new tokens per second of ``nanogpt.generate.generate`` from a short prompt, with
   and without the KV cache, on the uncompiled model prepared as ``nanogpt sample`` does (eval
   mode, weights cast to the compute dtype), after the training measurement.
+* CPU threads (``--threads``): a fixed count, or with ``auto`` the fastest of a few counts,
+  timed on the warm-up steps (lengthened to time each count) and then fixed for the measured
+  steps and the sampling, so that no trial runs inside the measurement.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from nanogpt.config import THREADS_HELP
 from nanogpt.errors import NanoGPTError
 
 # The Shakespeare character vocabulary; presets for char data leave the vocabulary to the dataset,
@@ -61,6 +65,7 @@ class BenchConfig:
     remeasure_peak: bool = field(
         default=False, metadata={"help": "CPU: probe the peak FLOP/s again (keeps the higher of new and cached)"}
     )
+    threads: str = field(default="auto", metadata={"help": THREADS_HELP})
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size <= 0:
@@ -73,9 +78,10 @@ class BenchConfig:
             raise NanoGPTError(f"--warmup must be >= 0, got {self.warmup}")
         if self.sample_tokens < 0 or self.prompt_tokens <= 0:
             raise NanoGPTError("--sample-tokens must be >= 0 and --prompt-tokens positive")
-        from nanogpt.config import check_seed
+        from nanogpt.config import check_seed, check_threads
 
         check_seed(self.seed, "--seed")
+        check_threads(self.threads, "--threads")
 
 
 def default_preset(device: torch.device) -> str:
@@ -241,12 +247,15 @@ def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: i
     scaler = torch.amp.GradScaler(device.type) if runtime.dtype is torch.float16 else None
     fwd = prepare_model(model, runtime, T, log=log)
     batches = _random_batches(model.config.vocab_size, B, T, opts.grad_accum, opts.seed, device)
+    tuner = runtime.threads
+    warmup = max(opts.warmup, tuning_steps(tuner)) if tuner.tuning else opts.warmup
     log(f"model: {model.num_params():,} parameters; batch {B} x {T} tokens x {opts.grad_accum} micro-steps")
-    log(f"training: {opts.warmup} warm-up + {opts.steps} measured steps ...")
+    trying = f" (timing {'/'.join(map(str, tuner.counts))} threads)" if tuner.tuning else ""
+    log(f"training: {warmup} warm-up{trying} + {opts.steps} measured steps ...")
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=opts.warmup + opts.steps, desc="bench", unit="step", leave=False,
+    bar = tqdm(total=warmup + opts.steps, desc="bench", unit="step", leave=False,
                disable=True if opts.quiet else None)  # None: only on a terminal
 
     def step() -> torch.Tensor:
@@ -255,13 +264,28 @@ def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: i
         return loss
 
     t0 = time.perf_counter()
-    for _ in range(opts.warmup):
-        step()
+    for _ in range(warmup):
+        with tuner.unit():  # auto: the warm-up steps are the trial
+            step()
     _sync(device)
     warmup_s = time.perf_counter() - t0
+    tuner.apply()  # the chosen count, fixed: the measured steps and the sampling run at it
     timing = time_calls(step, 0, opts.steps, device)
     bar.close()
-    return {"warmup_seconds": warmup_s, "timing": timing}
+    return {"warmup_steps": warmup, "warmup_seconds": warmup_s, "timing": timing}
+
+
+def tuning_steps(tuner: Any) -> int:
+    """Warm-up steps that hold one whole trial of ``tuner`` (each count's discarded and timed steps), plus one."""
+    return (tuner.discard + tuner.trial_units) * len(tuner.counts) + 1
+
+
+def threads_choice(tuner: Any) -> str:
+    """How the thread count was chosen: the fixed count's reason, or the warm-up's times per count."""
+    if not tuner.decisions:
+        return tuner.reason
+    times = ", ".join(f"{ms:.1f} ms at {c}" for c, ms in sorted(tuner.decisions[-1]["ms"].items()))
+    return f"auto, the fastest of {'/'.join(map(str, tuner.counts))} in the warm-up: {times} per step"
 
 
 def run_bench(
@@ -272,8 +296,10 @@ def run_bench(
     from nanogpt.budget import check_training_fits
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
+    from nanogpt.threads import say_changes
 
-    runtime = setup_runtime(opts.device, opts.dtype, opts.compile)
+    runtime = setup_runtime(opts.device, opts.dtype, opts.compile, threads=opts.threads)
+    runtime.threads.on_decision = say_changes(log)
     device = runtime.device
     log(runtime.describe())
     B, T = batch_size, model_config.block_size
@@ -301,7 +327,7 @@ def run_bench(
         "device": str(device), "device_name": device_label(device), "dtype": dtype_name(runtime.dtype),
         "compile": runtime.compile, "model": model_config.to_dict(), "params": model.num_params(),
         "matmul_params": flops.matmul_params(model_config), "batch_size": B, "seq_len": T,
-        "grad_accum": opts.grad_accum, "tokens_per_step": tokens_per_step, "warmup_steps": opts.warmup,
+        "grad_accum": opts.grad_accum, "tokens_per_step": tokens_per_step, "warmup_steps": trained["warmup_steps"],
         "warmup_seconds": trained["warmup_seconds"], "steps": opts.steps,
         "ms_per_step": 1000 * timing.mean, "ms_per_step_median": 1000 * _median(timing.per_call),
         "ms_per_step_min": 1000 * min(timing.per_call), "tokens_per_second": tok_s, "flops_per_token": fpt,
@@ -309,7 +335,8 @@ def run_bench(
         "mfu": flops.mfu(tok_s, model_config, T, device, runtime.dtype, peak=peak),
         "peak_memory_bytes": peak_mem, "memory_kind": mem_kind,
         "loss_first": float(timing.results[0]), "loss_last": float(timing.results[-1]), "sampling": None,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "torch": torch.__version__, "threads": runtime.threads.current,
+        "threads_choice": threads_choice(runtime.threads), "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if opts.sample_tokens > 0:
@@ -337,6 +364,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("model", f"{m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, vocab {m['vocab_size']}; {r['params'] / 1e6:.2f}M params"),
         ("batch", f"{r['batch_size']} x {r['seq_len']} tokens x {r['grad_accum']} = {r['tokens_per_step']:,} tokens/step"),
         ("steps", f"{r['warmup_steps']} warm-up ({r['warmup_seconds']:.1f} s) + {r['steps']} measured"),
+        ("threads", f"{r['threads']} ({r['threads_choice']})"),
         ("ms/step", f"{r['ms_per_step']:.1f} (median {r['ms_per_step_median']:.1f}, best {r['ms_per_step_min']:.1f})"),
         ("tokens/s", f"{r['tokens_per_second']:,.0f}"),
         ("FLOPs/token", f"{r['flops_per_token'] / 1e6:,.1f} M (6N + 12·L·C·T, matmuls only)"),

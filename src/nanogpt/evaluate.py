@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from torch.nn import functional as F
 
 from nanogpt.errors import NanoGPTError
 from nanogpt.model import GPT
+
+if TYPE_CHECKING:
+    from nanogpt.threads import ThreadTuner
 
 # Cap on logits elements per forward pass (B x T x V, float32): about 256 MB.
 _MAX_LOGITS = 1 << 26
@@ -72,12 +75,15 @@ def score_tokens(
     batch_size: int = 8,
     autocast: Any = None,
     progress: bool = False,
+    threads: ThreadTuner | None = None,
 ) -> tuple[float, int]:
     """Total cross-entropy (nats, float64 sum) and number of targets scored over ``tokens`` (N,).
 
     See the module doc for the windows. ``autocast`` is a context manager factory (e.g.
     ``Runtime.autocast``) or None for the model's own dtype. The model runs in eval mode.
-    ``progress``: a bar of scored tokens on stderr (drawn only on a terminal).
+    ``progress``: a bar of scored tokens on stderr (drawn only on a terminal). ``threads`` (a
+    ``nanogpt.threads.ThreadTuner``) chooses the CPU threads of each batch, one unit each; None
+    leaves the thread count alone.
     """
     ctx = model.config.block_size if context is None else context
     if not 1 <= ctx <= model.config.block_size:
@@ -108,10 +114,11 @@ def score_tokens(
         if int(x.max()) >= V or int(y.max()) >= V:
             raise NanoGPTError(f"the data has token id {max(int(x.max()), int(y.max()))}, outside the model's vocabulary of {V}")
         x, y = x.to(device), y.to(device)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            logits, _ = model(x)  # (B, L, V)
-        nll = F.cross_entropy(logits.float().view(-1, V), y.view(-1), ignore_index=-1, reduction="sum")
-        return float(nll.double())
+        with threads.unit() if threads is not None else contextlib.nullcontext():
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                logits, _ = model(x)  # (B, L, V)
+            nll = F.cross_entropy(logits.float().view(-1, V), y.view(-1), ignore_index=-1, reduction="sum")
+            return float(nll.double())  # a sync on an accelerator: the unit's time is real
 
     from tqdm.auto import tqdm
 
@@ -193,6 +200,24 @@ def _checked_source(source: str, runtime: Any, context: int | None, batch_size: 
     return src
 
 
+def _split_tokens(path: Path, split: str, tok: Any, vocab_size: int, source: str) -> tuple[Any, np.ndarray]:
+    """The prepared folder at ``path`` and the tokens of its ``split``, checked against the model's tokenizer and vocabulary."""
+    from nanogpt.data.loader import load_prepared
+
+    prepared = load_prepared(path)
+    if tok is not None and tok.to_dict() != prepared.tokenizer.to_dict():
+        raise NanoGPTError(
+            f"{path} was tokenized with '{prepared.tokenizer.name}' but {source} uses '{tok.name}' "
+            "(or a different character set); prepare the data with the model's tokenizer"
+        )
+    if prepared.vocab_size > vocab_size:
+        raise NanoGPTError(f"{path} has a vocabulary of {prepared.vocab_size}, larger than the model's {vocab_size}")
+    ids = prepared.split(split)
+    if len(ids) < 2:
+        raise NanoGPTError(f"split '{split}' of {path} has {len(ids)} token(s); at least 2 are needed")
+    return prepared, ids
+
+
 def evaluate(
     source: str,
     data: str,
@@ -204,15 +229,24 @@ def evaluate(
     device: str = "auto",
     dtype: str = "auto",
     progress: bool = False,
+    threads: str = "auto",
+    log: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Load ``source`` and score ``data`` (a prepared folder's ``split`` or a UTF-8 text file)."""
+    """Load ``source`` and score ``data`` (a prepared folder's ``split`` or a UTF-8 text file).
+
+    ``threads``: the ``--threads`` setting (see ``nanogpt.threads``); ``log`` receives its
+    choices when ``auto`` sets or changes the count.
+    """
     from nanogpt.checkpoint import load_model
-    from nanogpt.data.loader import load_prepared
     from nanogpt.device import dtype_name, setup_runtime
 
     if max_tokens is not None and max_tokens < 2:
         raise NanoGPTError(f"--max-tokens must be at least 2 (one target needs one token of context), got {max_tokens}")
-    runtime = setup_runtime(device, dtype, "false")
+    runtime = setup_runtime(device, dtype, "false", threads=threads)
+    if log is not None:
+        from nanogpt.threads import say_changes
+
+        runtime.threads.on_decision = say_changes(log)
     path = Path(data)
     if not path.exists():
         raise NanoGPTError(f"--data {path} does not exist; pass a folder made by 'nanogpt prepare' or a UTF-8 text file")
@@ -223,17 +257,7 @@ def evaluate(
 
         check_tokenizer_fits(tok, model.config.vocab_size, source)
     if path.is_dir():
-        prepared = load_prepared(path)
-        if tok is not None and tok.to_dict() != prepared.tokenizer.to_dict():
-            raise NanoGPTError(
-                f"{path} was tokenized with '{prepared.tokenizer.name}' but {source} uses '{tok.name}' "
-                "(or a different character set); prepare the data with the model's tokenizer"
-            )
-        if prepared.vocab_size > model.config.vocab_size:
-            raise NanoGPTError(f"{path} has a vocabulary of {prepared.vocab_size}, larger than the model's {model.config.vocab_size}")
-        ids = prepared.split(split)
-        if len(ids) < 2:
-            raise NanoGPTError(f"split '{split}' of {path} has {len(ids)} token(s); at least 2 are needed")
+        prepared, ids = _split_tokens(path, split, tok, model.config.vocab_size, source)
         ids = ids[:max_tokens]
         split_name: str | None = split
     else:
@@ -246,7 +270,7 @@ def evaluate(
     ctx = model.config.block_size if context is None else context
     stride = ctx if stride is None else stride
     t0 = time.perf_counter()
-    nats, n = score_tokens(model, ids, ctx, stride, batch_size, runtime.autocast, progress)
+    nats, n = score_tokens(model, ids, ctx, stride, batch_size, runtime.autocast, progress, runtime.threads)
     seconds = time.perf_counter() - t0
     if split_name is None:
         n_bytes = float(_utf8_bytes(tok, ids[1:]))  # the scored tokens: all but the first
@@ -287,6 +311,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    from nanogpt.config import check_threads
+
     r = evaluate(
         args.source,
         args.data,
@@ -298,6 +324,8 @@ def cli_main(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         progress=not args.quiet,
+        threads=check_threads(args.threads, "--threads"),
+        log=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
         print(json.dumps(asdict(r)))

@@ -22,14 +22,18 @@ context right after each re-fill (llama.cpp's context shift makes the same trade
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 
 import torch
 from torch.nn import functional as F
 
 from nanogpt.errors import NanoGPTError
 from nanogpt.model import GPT
+
+if TYPE_CHECKING:
+    from nanogpt.threads import ThreadTuner
 
 # --------------------------------------------------------------------------------------------
 # Sampling: the one place temperature, top-k and top-p are applied.
@@ -194,6 +198,7 @@ def generate_stream(
     context_keep: int | None = None,
     vocab_limit: int | None = None,
     logits_out: list[torch.Tensor] | None = None,
+    threads: ThreadTuner | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) of each row of ``idx`` (B, T), one step at a time.
 
@@ -201,7 +206,9 @@ def generate_stream(
     ``vocab_limit`` restricts sampling to ids below it (a model whose vocabulary was padded,
     e.g. 50304 rows for GPT-2's 50257 tokens, must not emit ids its tokenizer lacks).
     ``logits_out``, if given, receives each step's next-token logits (B, V) in float32 (for
-    tests and debugging).
+    tests and debugging). ``threads`` (a ``nanogpt.threads.ThreadTuner``) chooses the CPU
+    threads of each token's work: the forward pass that gives its logits (the prefill for the
+    first) and its sampling, one unit per token; None leaves the thread count alone.
     """
     params = SamplingParams(temperature, top_k, top_p)
     if idx.dim() != 2 or idx.size(1) == 0:
@@ -222,30 +229,33 @@ def generate_stream(
         logits, _ = model(chunk, kv_cache=cache, last_logits_only=True)  # (B, 1, V)
         return logits[:, -1, :vocab_limit].float()  # (B, V)
 
+    def next_logits() -> torch.Tensor:
+        nonlocal start
+        new_start = window_start(start, n, block_size, keep)
+        if cache is None:
+            start = new_start
+            return forward(seq[:, start:n])
+        if new_start != start:
+            # the cache is full: re-fill it from the last context_keep tokens in one pass
+            start = new_start
+            cache.reset()
+            return forward(seq[:, start:n])
+        return forward(seq[:, n - 1 : n])
+
     was_training = model.training
     model.eval()  # no dropout while sampling; the caller's mode comes back at the end
     try:
-        logits = forward(seq[:, start:n])  # prefill (the whole window when there is no cache)
         for step in range(max_new_tokens):
-            if logits_out is not None:
-                logits_out.append(logits)
-            tok = sample_next_token(logits, params.temperature, params.top_k, params.top_p, generator)  # (B,)
-            seq[:, n] = tok
+            # one unit per token, ended before the yield: the consumer's time is not the model's
+            with threads.unit() if threads is not None else contextlib.nullcontext():
+                # the prefill (the whole window when there is no cache) gives the first token's logits
+                logits = forward(seq[:, start:n]) if step == 0 else next_logits()
+                if logits_out is not None:
+                    logits_out.append(logits)
+                tok = sample_next_token(logits, params.temperature, params.top_k, params.top_p, generator)  # (B,)
+                seq[:, n] = tok
             n += 1
             yield tok
-            if step == max_new_tokens - 1:
-                break
-            new_start = window_start(start, n, block_size, keep)
-            if cache is None:
-                start = new_start
-                logits = forward(seq[:, start:n])
-            elif new_start != start:
-                # the cache is full: re-fill it from the last context_keep tokens in one pass
-                start = new_start
-                cache.reset()
-                logits = forward(seq[:, start:n])
-            else:
-                logits = forward(seq[:, n - 1 : n])
     finally:
         model.train(was_training)
 
@@ -263,6 +273,7 @@ def generate(
     callback: Callable[[torch.Tensor], None] | None = None,
     context_keep: int | None = None,
     vocab_limit: int | None = None,
+    threads: ThreadTuner | None = None,
 ) -> torch.Tensor:
     """Continue each row of ``idx`` (B, T) by up to ``max_new_tokens`` tokens; return (B, T + n).
 
@@ -271,14 +282,15 @@ def generate(
     generation ends once every row has produced one of them; a row that stopped early repeats
     its stop id until the others finish. ``callback(tokens)`` sees each step's tokens (B,) for
     streaming. ``use_cache=False`` runs the reference path (whole window every step).
-    ``context_keep`` and ``vocab_limit``: see the module doc and :func:`generate_stream`.
+    ``context_keep``, ``vocab_limit`` and ``threads``: see the module doc and :func:`generate_stream`.
     """
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=idx.device) if stop_ids else None
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     stopped_with = torch.zeros(idx.size(0), dtype=torch.long, device=idx.device)
     out = [idx]
     stream = generate_stream(
-        model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, context_keep, vocab_limit
+        model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, context_keep, vocab_limit,
+        threads=threads,
     )
     for tok in stream:
         if stops is not None:
@@ -452,12 +464,13 @@ def sample_text(
     on_text: Callable[[str], None] | None = None,
     use_cache: bool = True,
     context_keep: int | None = None,
+    threads: ThreadTuner | None = None,
 ) -> list[str]:
     """Generate ``num_samples`` continuations of ``prompt_ids`` together; return their texts.
 
     Each text is the generated part only, cut before the first stop string. Generation ends
     early once every sample has hit a stop string. ``on_text`` (one sample only) receives the
-    text of sample 0 as it becomes safe to show.
+    text of sample 0 as it becomes safe to show. ``threads``: one unit per token, see :func:`generate_stream`.
     """
     if num_samples <= 0:
         raise NanoGPTError(f"num-samples must be positive, got {num_samples}")
@@ -469,7 +482,8 @@ def sample_text(
     # ids the tokenizer cannot decode (padding rows of a padded vocabulary) are never sampled
     limit = min(int(tokenizer.vocab_size), model.config.vocab_size)
     stream = generate_stream(
-        model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, context_keep, limit
+        model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, context_keep, limit,
+        threads=threads,
     )
     if not stop and on_text is None:
         # nothing to watch while generating: decode each sample once at the end

@@ -75,7 +75,7 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def _check_args(args: argparse.Namespace) -> None:
     """The sampling flags, checked before anything is loaded; --stop's backslash escapes decoded."""
-    from nanogpt.config import check_seed
+    from nanogpt.config import check_seed, check_threads
 
     if args.max_new_tokens <= 0:
         raise NanoGPTError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
@@ -86,6 +86,7 @@ def _check_args(args: argparse.Namespace) -> None:
     except NanoGPTError as e:
         raise NanoGPTError(f"--{e}") from None
     check_seed(args.seed, "--seed")
+    check_threads(args.threads, "--threads")
     if args.stream and args.num_samples != 1:
         raise NanoGPTError("--stream shows one sample; use --num-samples 1 with --stream")
     args.stop = [unescape_stop(s) for s in args.stop]
@@ -105,6 +106,7 @@ def _checked_source(args: argparse.Namespace, runtime: Any) -> Any:
 def cli_main(args: argparse.Namespace) -> int:
     from nanogpt.checkpoint import load_model
     from nanogpt.device import dtype_name, setup_runtime
+    from nanogpt.threads import say_changes
 
     def info(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -113,7 +115,7 @@ def cli_main(args: argparse.Namespace) -> int:
     top_k = args.top_k
     prompt = _read_prompt(args)
 
-    runtime = setup_runtime(args.device, args.dtype, "false")
+    runtime = setup_runtime(args.device, args.dtype, "false", threads=args.threads)
     if runtime.dtype is torch.float16 and runtime.device.type == "cpu":
         raise NanoGPTError("float16 is not supported on CPU; use --dtype bfloat16 or float32")
     loaded = load_model(_checked_source(args, runtime), runtime.device)
@@ -130,7 +132,9 @@ def cli_main(args: argparse.Namespace) -> int:
     if len(ids) > block_size:
         info(f"note: the prompt is {len(ids)} tokens, longer than the model's context of {block_size}; keeping its last {block_size} tokens")
         ids = ids[-block_size:]
-    info(f"sampling from {args.source} on {runtime.device}, weights in {dtype_name(runtime.dtype)} ({runtime.dtype_reason})")
+    threads = f", {runtime.threads.describe()}" if runtime.device.type == "cpu" else ""
+    info(f"sampling from {args.source} on {runtime.device}, weights in {dtype_name(runtime.dtype)} ({runtime.dtype_reason}){threads}")
+    runtime.threads.on_decision = say_changes(info)
 
     gen = torch.Generator(device=runtime.device)
     gen.manual_seed(args.seed)
@@ -144,6 +148,7 @@ def cli_main(args: argparse.Namespace) -> int:
         stop=args.stop,
         use_cache=not args.no_cache,
         context_keep=keep,
+        threads=runtime.threads,
     )
     if args.stream:
         sys.stdout.write(prompt)

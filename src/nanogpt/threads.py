@@ -169,6 +169,16 @@ def describe_decision(decision: dict) -> str:
     return f"threads: {decision['threads']} (auto, {decision['why']}: {times})"
 
 
+def say_changes(say: Callable[[str], None]) -> Callable[[dict], None]:
+    """An ``on_decision`` for the commands: ``say`` the decisions that set or change the count."""
+
+    def on_decision(decision: dict) -> None:
+        if decision["changed"]:
+            say(describe_decision(decision))
+
+    return on_decision
+
+
 def make_tuner(setting: str, device_type: str = "cpu", environ: dict[str, str] | None = None,
                default: Callable[[], int] = _torch_threads, **kwargs) -> ThreadTuner:
     """The tuner for a ``--threads`` setting: fixed for a number, for OMP_NUM_THREADS, off the CPU or on one core."""

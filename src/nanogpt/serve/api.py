@@ -415,22 +415,25 @@ def create_app(server: Server) -> FastAPI:
 
 def load_server(source: str, device: str = "auto", dtype: str = "auto", name: str | None = None,
                 limits: Limits | None = None, api_key: str | None = None, max_batch: int = 8,
-                max_queue: int = 64) -> Server:
-    """Load ``source`` (anything ``nanogpt sample`` takes) and wrap it in an engine and a :class:`Server`."""
+                max_queue: int = 64, threads: str = "auto") -> Server:
+    """Load ``source`` (anything ``nanogpt sample`` takes) and wrap it in an engine and a :class:`Server`.
+
+    ``threads``: the ``--threads`` setting (see ``nanogpt.threads``); the engine's decode steps are its units.
+    """
     import torch
 
     from nanogpt.checkpoint import load_model
     from nanogpt.device import setup_runtime
     from nanogpt.generate import prepare_for_sampling
 
-    runtime = setup_runtime(device, dtype, "false")
+    runtime = setup_runtime(device, dtype, "false", threads=threads)
     if runtime.dtype is torch.float16 and runtime.device.type == "cpu":
         raise NanoGPTError("float16 is not supported on CPU; use --dtype bfloat16 or float32")
     loaded = load_model(source, runtime.device)
     if loaded.tokenizer is None:
         raise NanoGPTError(f"{source} does not say which tokenizer it was trained with, so it cannot serve text")
     model = prepare_for_sampling(loaded.model, runtime.dtype)
-    engine = Engine(model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue)
+    engine = Engine(model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, threads=runtime.threads)
     run_dir = str(loaded.meta.get("source")) if loaded.meta.get("kind") == "run" else None
     model_name = name or Path(str(source).rstrip("/")).name or str(source)
     meta = {k: (v if isinstance(v, (int, float, str)) or v is None else str(v)) for k, v in loaded.meta.items()}

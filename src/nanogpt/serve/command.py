@@ -30,6 +30,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    from nanogpt.config import check_threads
+    from nanogpt.threads import say_changes
+
     try:
         import uvicorn
 
@@ -41,15 +44,18 @@ def cli_main(args: argparse.Namespace) -> int:
             raise NanoGPTError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.max_queue < 0:
         raise NanoGPTError(f"--max-queue must be >= 0, got {args.max_queue}")
+    check_threads(args.threads, "--threads")
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
     server = load_server(args.source, args.device, args.dtype, args.name, api_key=args.api_key,
-                         max_batch=args.max_batch, max_queue=args.max_queue)
+                         max_batch=args.max_batch, max_queue=args.max_queue, threads=args.threads)
+    server.engine.threads.on_decision = say_changes(lambda line: print(line, file=sys.stderr, flush=True))
     block = server.engine.block_size
     prompt_limit = min(args.max_prompt_tokens or block, block)
     server.limits = Limits(prompt_limit, args.max_tokens, args.max_n)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {server.model_name} ({server.meta.get('device')}, {server.meta.get('dtype')}) "
+    threads = f", {server.engine.threads.describe()}" if server.meta.get("device") == "cpu" else ""
+    print(f"serving {server.model_name} ({server.meta.get('device')}, {server.meta.get('dtype')}{threads}) "
           f"on http://{shown}:{args.port}/  (API: /v1, playground: /)", file=sys.stderr, flush=True)
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -17,10 +17,11 @@ window) is ``nanogpt.generate``'s, so a request's tokens are the ones it gets se
 from __future__ import annotations
 
 import collections
+import contextlib
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -28,6 +29,9 @@ from torch.nn import functional as F
 from nanogpt.errors import NanoGPTError
 from nanogpt.generate import SamplingParams, TextStream, check_context_keep, sample_next_token, window_start
 from nanogpt.model import GPT, rotary_angles, rotate
+
+if TYPE_CHECKING:
+    from nanogpt.threads import ThreadTuner
 
 
 class QueueFull(NanoGPTError):
@@ -187,10 +191,12 @@ class Engine:
 
     ``submit`` may be called from any thread; events go to each request's ``emit`` from the
     engine's thread. ``lock`` guards the model: other users of it (the explainer views) hold it.
+    ``threads`` (a ``nanogpt.threads.ThreadTuner``, or None to leave the count alone) chooses the
+    CPU threads of each step's tokens: their sampling and the decode pass, one unit per step.
     """
 
     def __init__(self, model: GPT, tokenizer: Any, max_batch: int = 8, max_queue: int = 64,
-                 context_keep: int | None = None) -> None:
+                 context_keep: int | None = None, threads: ThreadTuner | None = None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise NanoGPTError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -207,6 +213,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = 0  # decode steps run (for tests and /health)
+        self.threads = threads
 
     # -- the public side -----------------------------------------------------------------
 
@@ -272,16 +279,24 @@ class Engine:
         try:
             with self.lock, torch.inference_mode():
                 self._admit()
-                for slot in self._active:
-                    self._sample(slot)
-                self._leave()
-                self._forward()
+                # a unit of the thread tuner: one token for every active row. The prefills of
+                # the requests just admitted stay out of it: their length varies too much to time.
+                with self._unit():
+                    for slot in self._active:
+                        self._sample(slot)
+                    self._leave()
+                    self._forward()
                 self.steps += 1
         except Exception as e:  # noqa: BLE001 - a failed step ends its requests, never the server
             message = f"{type(e).__name__}: {e}"
             for slot in self._active:
                 slot.emit(Finish("error", completion_tokens=slot.generated, error=message))
             self._active.clear()
+
+    def _unit(self) -> contextlib.AbstractContextManager:
+        if self.threads is None or not self._active:  # no tuner, or nothing to time
+            return contextlib.nullcontext()
+        return self.threads.unit()
 
     def _admit(self) -> None:
         self._drop_cancelled()
