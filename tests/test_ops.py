@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from nanogpt.config import GPTConfig
-from nanogpt.model import GPT, LinearCrossEntropy, ScaledDotProductAttention
+from nanogpt.model import GPT, LinearCrossEntropy, RMSNorm, ScaledDotProductAttention
 from nanogpt.ops import (
     ChunkedLinearCrossEntropy,
     Kernels,
     MatmulAttention,
+    FusedRMSNorm,
     RowLinear,
     apply_kernels,
     kernels_of,
@@ -137,10 +138,54 @@ def test_kernel_policy():
     from nanogpt.device import choose_kernels
 
     cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
-    assert choose_kernels(cpu, bf16, 256, 50304, compiled=False) == Kernels("matmul", 256, False)
-    assert choose_kernels(cpu, bf16, 512, 65, compiled=False) == Kernels("sdpa", 0, False)  # long: fused wins
-    assert choose_kernels(cpu, fp32, 64, 65, compiled=False) == Kernels("sdpa", 0, False)
-    assert choose_kernels(cpu, fp32, 64, 50304, compiled=True).loss_rows == 0  # compiled: inductor fuses the loss
+    assert choose_kernels(cpu, bf16, 256, 50304, compiled=False) == Kernels("matmul", 256, False, True)
+    assert choose_kernels(cpu, bf16, 512, 65, compiled=False) == Kernels("sdpa", 0, False, True)  # long: fused wins
+    assert choose_kernels(cpu, fp32, 64, 65, compiled=False) == Kernels("sdpa", 0, False, True)
+    fused = choose_kernels(cpu, fp32, 64, 50304, compiled=True)
+    assert fused.loss_rows == 0 and not fused.rms_norm  # compiled: inductor fuses the loss and the norm
     assert choose_kernels(cuda, bf16, 64, 50304, compiled=False) == Kernels()
     assert choose_kernels(cpu, bf16, 1024, 50304, compiled=False, decode=True) == Kernels("sdpa", 0, True)
     assert choose_kernels(cpu, fp32, 1024, 50304, compiled=False, decode=True) == Kernels()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_norm_equals_rms_norm_forward_and_backward(dtype):
+    torch.manual_seed(0)
+    ref, fused = RMSNorm(24, eps=1e-6), FusedRMSNorm(24, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(24))
+    fused.load_state_dict(ref.state_dict())
+    x = (torch.randn(3, 5, 24) * 3).to(dtype)
+    g = torch.randn(3, 5, 24).to(dtype)
+    outs = []
+    for norm in (ref, fused):
+        xi = x.clone().requires_grad_()
+        y = norm(xi)
+        y.backward(g)
+        outs.append((y, xi.grad, norm.weight.grad))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype is torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for a, b in zip(outs[0], outs[1]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, **tol)
+
+
+def test_fused_rms_norm_in_the_modern_model_keeps_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(tiny(arch="modern"))
+    idx, targets = torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16))
+
+    def loss_and_grads():
+        model.zero_grad()
+        _, loss = model(idx, targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref_loss, ref_grads = loss_and_grads()
+    apply_kernels(model, Kernels(rms_norm=True))
+    assert type(model.transformer.h[0].attn.q_norm) is FusedRMSNorm and kernels_of(model).rms_norm
+    loss, grads = loss_and_grads()
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    apply_kernels(model, Kernels())
+    assert type(model.transformer.ln_f) is RMSNorm

@@ -19,6 +19,7 @@ The measurements behind these choices are in ``benchmarks/README.md`` ("Runtime 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,7 @@ def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab
       over the full float32 logits cost more than the head's matmul. Compiled models fuse the
       loss themselves; GPUs keep the plain path.
     * Matrix-vector products for batch-1 decode steps on CPUs with bf16/fp16 weights.
+    * RMSNorm (the modern block) with a hand-written backward on CPUs when training.
     Measurements: ``benchmarks/README.md``.
     """
     from nanogpt.ops import Kernels
@@ -124,6 +126,7 @@ def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab
         attention="matmul" if cpu and not decode and dtype is torch.bfloat16 and seq_len <= 256 else "sdpa",
         loss_rows=256 if cpu and not decode and vocab_size >= 4096 and not compiled else 0,
         row_linear=cpu and decode and dtype in (torch.bfloat16, torch.float16),
+        rms_norm=cpu and not decode and not compiled,
     )
 
 
@@ -133,6 +136,8 @@ def describe_kernels(kernels: "Kernels") -> str:
     parts.append(f"loss in blocks of {kernels.loss_rows} rows" if kernels.loss_rows else "loss on full logits")
     if kernels.row_linear:
         parts.append("matrix-vector decode")
+    if kernels.rms_norm:
+        parts.append("fused RMSNorm backward")
     return "kernels: " + ", ".join(parts)
 
 
@@ -144,6 +149,8 @@ def prepare_model(model: Any, runtime: "Runtime", seq_len: int, log: Any = print
     from nanogpt.ops import apply_kernels
 
     kernels = choose_kernels(runtime.device, runtime.dtype, seq_len, model.config.vocab_size, runtime.compile)
+    if model.config.arch != "modern":  # no RMSNorm to replace: the log line should not name it
+        kernels = dataclasses.replace(kernels, rms_norm=False)
     apply_kernels(model, kernels)
     log(describe_kernels(kernels))
     return maybe_compile(model, runtime.compile, log=log)

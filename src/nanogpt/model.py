@@ -69,7 +69,7 @@ def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """modern: rotate x (B, nh, T, hs) by its positions' angles, so q . k depends on their distance only."""
+    """modern: rotate x (..., T, nh, hs) by its positions' angles, so q . k depends on their distance only."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
 
@@ -125,14 +125,12 @@ class CausalSelfAttention(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, hs) for t in self.c_attn(x).split(self.n_embd, dim=2))  # (B, T, nh, hs)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)  # modern: each head's vectors to unit RMS (times a gain)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)  # modern: positions enter here, not in x
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads as a batch dim: (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         y = self.attend(q, k, v)  # (B, nh, T, hs)
@@ -264,7 +262,8 @@ class GPT(nn.Module):
         if self.config.arch == "gpt2":
             x = x + self.transformer.wpe(pos)  # + position embeddings (T, C), broadcast over the batch
         else:
-            rope = rotary_angles(pos, self.config.head_dim, self.config.rope_theta)  # modern: 2 x (T, hs)
+            angles = rotary_angles(pos, self.config.head_dim, self.config.rope_theta)  # modern: 2 x (T, hs)
+            rope = (angles[0].unsqueeze(1), angles[1].unsqueeze(1))  # 2 x (T, 1, hs): the same for every head
         x = self.transformer.drop(x)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, kv_cache, rope)  # (B, T, C)

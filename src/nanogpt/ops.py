@@ -12,6 +12,8 @@ a test against its reference.
 * :class:`ChunkedLinearCrossEntropy` for :class:`~nanogpt.model.LinearCrossEntropy`: the head
   and the loss a block of rows at a time, never holding the float32 (B*T, V) logits.
 * :class:`RowLinear` for ``nn.Linear`` while decoding: one input row as a matrix-vector product.
+* :class:`FusedRMSNorm` for :class:`~nanogpt.model.RMSNorm` (the modern block): a hand-written
+  backward in fewer passes over the activations than autograd's chain of small ops.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.model import GPT, LinearCrossEntropy, ScaledDotProductAttention, causal_mask
+from nanogpt.model import GPT, LinearCrossEntropy, RMSNorm, ScaledDotProductAttention, causal_mask
 
 ATTENTION_KERNELS = ("sdpa", "matmul")
 
@@ -133,6 +135,40 @@ class RowLinear(nn.Linear):
         return y.view(*x.shape[:-1], -1)  # (..., C_out)
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) over the last dimension, in float32.
+
+    Saves x and r (one number per row) and recomputes x * r in backward, where
+    dx = r * (g*w - x*r * mean(g*w * x*r)) and dw = sum over rows of g * x*r.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        ctx.save_for_backward(x, weight, r)
+        return (xf * r).mul_(weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        x, weight, r = ctx.saved_tensors
+        x_hat = x.float() * r  # (..., C)
+        g = grad_out.float()
+        grad_w = (g * x_hat).reshape(-1, x.size(-1)).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        g_hat = g.mul_(weight.float()) if g is not grad_out else g * weight.float()  # dL/dx_hat
+        dot = (g_hat * x_hat).mean(-1, keepdim=True)  # (..., 1)
+        grad_x = g_hat.sub_(x_hat.mul_(dot)).mul_(r).to(x.dtype)
+        return grad_x, grad_w, None
+
+
+class FusedRMSNorm(RMSNorm):
+    """:class:`~nanogpt.model.RMSNorm` with :class:`_RMSNormFn`'s backward; the same numbers in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return _RMSNormFn.apply(x, self.weight, self.eps if self.eps is not None else torch.finfo(torch.float32).eps)
+
+
 @dataclass(frozen=True)
 class Kernels:
     """Which kernels a model runs with; the defaults are model.py's plain references."""
@@ -140,6 +176,7 @@ class Kernels:
     attention: str = "sdpa"  # "sdpa" (model.py) or "matmul" (MatmulAttention)
     loss_rows: int = 0  # 0: LinearCrossEntropy; > 0: ChunkedLinearCrossEntropy(loss_rows)
     row_linear: bool = False  # decode: nn.Linear -> RowLinear
+    rms_norm: bool = False  # RMSNorm -> FusedRMSNorm (the modern block)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KERNELS:
@@ -165,6 +202,10 @@ def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
     for module in model.modules():
         if type(module) in (nn.Linear, RowLinear):
             module.__class__ = linear
+    norm = FusedRMSNorm if kernels.rms_norm else RMSNorm
+    for module in model.modules():
+        if type(module) in (RMSNorm, FusedRMSNorm):
+            module.__class__ = norm
     return model
 
 
@@ -176,4 +217,5 @@ def kernels_of(model: GPT) -> Kernels:
         attention="matmul" if isinstance(attend, MatmulAttention) else "sdpa",
         loss_rows=head.rows if isinstance(head, ChunkedLinearCrossEntropy) else 0,
         row_linear=any(type(m) is RowLinear for m in model.modules()),
+        rms_norm=any(type(m) is FusedRMSNorm for m in model.modules()),
     )
