@@ -271,6 +271,26 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: 
             / matmuls_only["matmuls only, ours' dtype"]["ms_median"],
         },
         "round_peak_tflops": [{k: v / 1e12 for k, v in pk.items()} for pk in round_peaks],
+        "ceiling": ceiling(rows["ours"]["ms_per_step_median"], matmuls_only,
+                           rows["plain fp32"]["ms_per_step_median"] / rows["ours"]["ms_per_step_median"]),
+    }
+
+
+# The targets: the step within 1.3x of its own products in the same dtype, on any CPU; and where those
+# products alone are >= 4x faster in bf16 than fp32 (matrix units), the step >= 3x the plain fp32 loop.
+STEP_OVER_PRODUCTS_MAX, PRODUCTS_SPEEDUP_FOR_3X, STEP_SPEEDUP_MIN = 1.3, 4.0, 3.0
+
+
+def ceiling(ours_ms: float, matmuls_only: dict[str, Any], speedup: float) -> dict[str, Any]:
+    """The step against its own matrix products, and which of the targets apply on this CPU."""
+    low = matmuls_only["matmuls only, ours' dtype"]["ms_median"]
+    products_speedup = matmuls_only["matmuls only, fp32"]["ms_median"] / low
+    applies = products_speedup >= PRODUCTS_SPEEDUP_FOR_3X
+    return {
+        "step_over_products": ours_ms / low, "step_over_products_max": STEP_OVER_PRODUCTS_MAX,
+        "step_over_products_met": ours_ms / low <= STEP_OVER_PRODUCTS_MAX,
+        "products_speedup_bf16_vs_fp32": products_speedup, "speedup_target_applies": applies,
+        "speedup_vs_plain": speedup, "speedup_met": (speedup >= STEP_SPEEDUP_MIN) if applies else None,
     }
 
 
@@ -316,6 +336,22 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {c['case']} | {mo['products_per_step']} | {100 * mo['share_of_step_flops']:.0f}% | {low['ms_median']:.0f} | {low['achieved_tflops']:.3f} | "
             f"{f32['ms_median']:.0f} | {f32['achieved_tflops']:.3f} | {mo['speedup_vs_fp32']:.2f}x |"
         )
+    lines += [
+        "",
+        f"The step against its ceiling. Targets: step <= {STEP_OVER_PRODUCTS_MAX}x its own products in the same dtype; "
+        f"where those products are >= {PRODUCTS_SPEEDUP_FOR_3X:g}x faster in bf16 than in fp32, the step >= "
+        f"{STEP_SPEEDUP_MIN:g}x the plain fp32 loop.",
+        "",
+        "| model | step / its products | met | products bf16 vs fp32 | case | step vs plain fp32 | met |",
+        "|---|---:|---|---:|---|---:|---|",
+    ]
+    for c in report["cases"]:
+        ce = c["ceiling"]
+        case = "matrix units: the 3x target applies" if ce["speedup_target_applies"] else "no 3x target here"
+        met = {True: "yes", False: "no", None: "-"}
+        lines.append(f"| {c['case']} | {ce['step_over_products']:.2f}x | {met[ce['step_over_products_met']]} | "
+                     f"{ce['products_speedup_bf16_vs_fp32']:.2f}x | {case} | {ce['speedup_vs_plain']:.2f}x | "
+                     f"{met[ce['speedup_met']]} |")
     return "\n".join(lines) + "\n"
 
 

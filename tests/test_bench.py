@@ -144,6 +144,25 @@ def test_train_step_script_writes_json_and_markdown(tmp_path, capsys):
     md = out.with_suffix(".md").read_text()
     assert "| smoke 2L/2H/32, block 16 | 2 x 16 | ours | bfloat16 |" in md or "| ours | float32 |" in md
     assert "| plain fp32 | float32 |" in md
+    # the step against its ceiling, and which target applies where
+    ce = case["ceiling"]
+    assert ce["step_over_products"] == pytest.approx(ours["ms_per_step_median"] / low["ms_median"])
+    assert ce["step_over_products_met"] == (ce["step_over_products"] <= 1.3)
+    assert ce["speedup_target_applies"] == (mo["speedup_vs_fp32"] >= 4.0)
+    assert ce["speedup_met"] is (None if not ce["speedup_target_applies"] else case["speedup_ours_vs_plain"] >= 3.0)
+    assert f"| smoke 2L/2H/32, block 16 | {ce['step_over_products']:.2f}x |" in md
+
+
+def test_ceiling_cases():
+    script = _load_script("train_step")
+    mo = {"matmuls only, ours' dtype": {"ms_median": 100.0}, "matmuls only, fp32": {"ms_median": 450.0}}
+    assert script.ceiling(125.0, mo, 3.2) == {
+        "step_over_products": 1.25, "step_over_products_max": 1.3, "step_over_products_met": True,
+        "products_speedup_bf16_vs_fp32": 4.5, "speedup_target_applies": True, "speedup_vs_plain": 3.2,
+        "speedup_met": True}
+    mo["matmuls only, fp32"]["ms_median"] = 200.0  # no matrix units: only the ceiling target applies
+    got = script.ceiling(140.0, mo, 1.9)
+    assert got["step_over_products_met"] is False and got["speedup_target_applies"] is False and got["speedup_met"] is None
 
 
 def test_gpu_script_without_cuda_exits_with_a_message(tmp_path, capsys, monkeypatch):
