@@ -146,22 +146,27 @@ def test_train_step_script_writes_json_and_markdown(tmp_path, capsys):
     assert "| plain fp32 | float32 |" in md
     # the step against its ceiling, and which target applies where
     ce = case["ceiling"]
-    assert ce["step_over_products"] == pytest.approx(ours["ms_per_step_median"] / low["ms_median"])
+    ratios = sorted(o / p for o, p in zip(ours["round_ms_per_step"], low["round_ms"]))
+    assert ce["step_over_products"] == pytest.approx(sum(ratios) / 2)  # the median of two rounds
     assert ce["step_over_products_met"] == (ce["step_over_products"] <= 1.3)
-    assert ce["speedup_target_applies"] == (mo["speedup_vs_fp32"] >= 4.0)
+    speedups = sorted(f / p for f, p in zip(f32["round_ms"], low["round_ms"]))
+    assert ce["products_speedup_bf16_vs_fp32"] == pytest.approx(sum(speedups) / 2)
+    assert ce["speedup_target_applies"] == (ce["products_speedup_bf16_vs_fp32"] >= 4.0)
     assert ce["speedup_met"] is (None if not ce["speedup_target_applies"] else case["speedup_ours_vs_plain"] >= 3.0)
     assert f"| smoke 2L/2H/32, block 16 | {ce['step_over_products']:.2f}x |" in md
 
 
 def test_ceiling_cases():
     script = _load_script("train_step")
-    mo = {"matmuls only, ours' dtype": {"ms_median": 100.0}, "matmuls only, fp32": {"ms_median": 450.0}}
-    assert script.ceiling(125.0, mo, 3.2) == {
+    # three rounds; the machine halves its speed in the second: the ratios stay the same
+    mo = {"matmuls only, ours' dtype": {"round_ms": [100.0, 200.0, 100.0]},
+          "matmuls only, fp32": {"round_ms": [450.0, 900.0, 450.0]}}
+    assert script.ceiling([125.0, 250.0, 125.0], mo, 3.2) == {
         "step_over_products": 1.25, "step_over_products_max": 1.3, "step_over_products_met": True,
         "products_speedup_bf16_vs_fp32": 4.5, "speedup_target_applies": True, "speedup_vs_plain": 3.2,
         "speedup_met": True}
-    mo["matmuls only, fp32"]["ms_median"] = 200.0  # no matrix units: only the ceiling target applies
-    got = script.ceiling(140.0, mo, 1.9)
+    mo["matmuls only, fp32"]["round_ms"] = [200.0, 400.0, 200.0]  # no matrix units: only the ceiling target applies
+    got = script.ceiling([140.0, 280.0, 140.0], mo, 1.9)
     assert got["step_over_products_met"] is False and got["speedup_target_applies"] is False and got["speedup_met"] is None
 
 
