@@ -108,12 +108,14 @@ def test_busy_machine_picks_one_thread_and_follows_the_load(monkeypatch):
     m.run(t, 8, monkeypatch)
     assert t.current == 1 and t.decisions[-1]["changed"]
     assert "auto, first measurement: 120.0 ms per step at 1, 500.0 at 2" in threads.describe_decision(t.decisions[-1])
-    # 1 thread until the periodic check 15 s later, which tries 2 threads for one discarded and
-    # one timed unit only (it takes over twice as long), then measures 1 thread again
+    # 1 thread until the periodic check 15 s later, which tries 2 threads for one unit only (even
+    # its discarded unit takes over four times as long), then measures 1 thread again
+    decided_at = 4 * 0.12 + 0.5  # the first trial: 4 units at 1 thread, 1 (hopeless) at 2
+    start = m.now
     used = m.run(t, 140, monkeypatch)
     first = used.index(2)
-    assert 2.48 + 15 - 0.12 <= 2.48 + first * 0.12 <= 2.48 + 15 + 0.12
-    assert used[first:first + 3] == [2, 2, 1] and used.count(2) == 2
+    assert decided_at + 15 - 1e-9 <= start + first * 0.12 <= decided_at + 15 + 0.12 + 1e-9
+    assert used[first:first + 2] == [2, 1] and used.count(2) == 1
     assert t.decisions[1]["why"] == "periodic check" and t.decisions[1]["threads"] == 1
     assert len(t.decisions[1]["ms"]) == 2 and not t.decisions[1]["changed"]
     assert t.interval == 30.0  # the choice held: the next check waits twice as long
@@ -147,8 +149,17 @@ def test_interval_is_bounded(monkeypatch):
 
 def test_first_trial_gives_up_on_a_hopeless_count(monkeypatch):
     """Without any earlier measurement, a count over twice as slow as one already timed is dropped."""
-    m = Machine({2: 2.0, 1: 0.1})
+    m = Machine({2: 0.3, 1: 0.1})
     t = tuner_for(m)
     used = m.run(t, 7, monkeypatch)
     assert used == [1, 1, 1, 1, 2, 2, 1]  # 2 threads: the discarded unit and one timed, not three
-    assert t.decisions[0]["threads"] == 1 and t.decisions[0]["ms"] == {1: 100.0, 2: 2000.0}
+    assert t.decisions[0]["threads"] == 1 and t.decisions[0]["ms"] == {1: 100.0, 2: 300.0}
+
+
+def test_a_hopeless_discarded_unit_ends_that_count_s_trial(monkeypatch):
+    """On a badly overloaded machine even the discarded unit shows it: one slow unit, not two."""
+    m = Machine({2: 5.0, 1: 0.1})
+    t = tuner_for(m)
+    used = m.run(t, 6, monkeypatch)
+    assert used == [1, 1, 1, 1, 2, 1]
+    assert t.decisions[0] == {"threads": 1, "ms": {1: 100.0, 2: 5000.0}, "why": "first measurement", "changed": True}

@@ -50,7 +50,8 @@ class ThreadTuner:
     changes. A trial also starts early when the median of the last units is ``slowdown`` times
     the median the last decision saw (unless the count is already the fewest: fewer cannot
     help), and a count whose timed unit takes ``give_up`` times the best median known (the
-    current count's just before the trial, the other counts' in it) is not timed further.
+    current count's just before the trial, the other counts' in it), or whose discarded unit
+    takes twice that, is not timed further.
     """
 
     def __init__(self, counts: list[int], reason: str, set_threads: Callable[[int], None] = _set_torch_threads,
@@ -129,15 +130,18 @@ class ThreadTuner:
         self._trial = {c: [] for c in self.counts}
 
     def _record(self, count: int, timed: bool, seconds: float) -> None:
-        if not self.tuning or not timed:
+        if not self.tuning:
             return
         if self._trial:
-            self._trial[count].append(seconds)
-            if seconds > self.give_up * self._best_so_far(count):
+            # a discarded unit (waking the threads) counts only when it is hopeless even so
+            limit = self.give_up * self._best_so_far(count) * (1 if timed else 2)
+            if timed or seconds > limit:
+                self._trial[count].append(seconds)
+            if seconds > limit:
                 self._plan = [unit for unit in self._plan if unit[0] != count]  # clearly slower: no more of it
             if not self._plan:
                 self._decide()
-        elif count == self.current:
+        elif count == self.current and timed:
             self._recent.append(seconds)
 
     def _best_so_far(self, count: int) -> float:
