@@ -36,6 +36,11 @@ from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer, gpt2_data_files
 TYPES = ("f32", "f16", "bf16", "q8_0")
 _BLOCK_NAMES = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
                 "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+# Hugging Face Qwen3/Llama names (inside model.layers.{i}., see nanogpt.hf_modern) -> llama.cpp's (inside blk.{i}.)
+_MODERN_BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                       "self_attn.v_proj": "attn_v", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+                       "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+                       "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
 def _gguf() -> Any:
@@ -126,19 +131,17 @@ def _modern_tensors(config: GPTConfig, state: dict[str, Any]) -> dict[str, Any]:
 
     hf = {k: v.numpy() for k, v in to_hf_state(config, state).items()}
     # llama's rope turns adjacent channels (2i, 2i+1); ours and qwen3's (NEOX) turn (i, i + hs/2): permute q, k for llama only
-    adjacent = (lambda w: rope_pairs_adjacent(w, config.n_head)) if not config.qk_norm else (lambda w: w)
+    permute = not config.qk_norm
     out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
     if not config.tie_embeddings:
         out["output.weight"] = hf["lm_head.weight"]
-    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-             "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     for i in range(config.n_layer):
-        for theirs, gguf_name in names.items():
+        for theirs, gguf_name in _MODERN_BLOCK_NAMES.items():
             tensor = hf.get(f"model.layers.{i}.{theirs}.weight")
+            if tensor is not None and permute and gguf_name in ("attn_q", "attn_k"):
+                tensor = rope_pairs_adjacent(tensor, config.n_head)
             if tensor is not None:
-                out[f"blk.{i}.{gguf_name}.weight"] = adjacent(tensor) if gguf_name in ("attn_q", "attn_k") else tensor
+                out[f"blk.{i}.{gguf_name}.weight"] = tensor
     return out
 
 
