@@ -71,6 +71,8 @@ def test_refusals_are_one_line(tmp_path):
 def test_gelu_note_measures_the_tanh_difference_and_restores_the_model():
     model = tiny(65, activation="gelu").eval()
     assert gelu_note(tiny(65), list(range(10))) is None  # already tanh: nothing to say
+    modern = GPT(GPTConfig(arch="modern", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=65, activation="gelu"))
+    assert gelu_note(modern, list(range(10))) is None  # SwiGLU: no GELU for llama.cpp to change
     before = model(torch.arange(10).unsqueeze(0))[0]
     note = gelu_note(model, list(range(10)))
     assert note.startswith("note: this model was trained with the exact GELU") and "top token agrees" in note

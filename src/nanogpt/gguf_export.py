@@ -226,7 +226,7 @@ def gelu_note(model: Any, sample_ids: list[int]) -> str | None:
     """For a model with the exact GELU: one line saying how much llama.cpp's tanh GELU moves its logits."""
     import torch
 
-    if model.config.activation != "gelu":
+    if model.config.arch != "gpt2" or model.config.activation != "gelu":  # the modern block has no GELU
         return None
     gelus = [block.mlp.gelu for block in model.transformer.h]
     idx = torch.tensor([sample_ids[: model.config.block_size]], device=model.lm_head.weight.device)
