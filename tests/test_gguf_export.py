@@ -35,6 +35,7 @@ def test_gpt2_tokenizer_model_in_f32_reads_back_exactly(tmp_path):
     tokens = fields["tokenizer.ggml.tokens"]
     assert len(tokens) == 50257 and tokens[50256] == "<|endoftext|>" and tokens[262] == "\u0120the"
     assert fields["tokenizer.ggml.merges"][0] == "\u0120 t" and fields["tokenizer.ggml.eos_token_id"] == 50256
+    assert fields["tokenizer.ggml.bos_token_id"] == 50256 and fields["tokenizer.ggml.add_bos_token"] is False
     expected = set(gguf_tensor_names(model.config).values()) | {"output.weight"}
     assert set(tensors) == expected
     sd = model.state_dict()
@@ -128,7 +129,12 @@ def test_modern_block_in_f32_reads_back_as_qwen3_or_llama(tmp_path, qk_norm, tie
                    "attention.head_count": 2, "attention.head_count_kv": 2, "rope.freq_base": 500.0,
                    "attention.layer_norm_rms_epsilon": pytest.approx(1e-6, rel=1e-7), "rope.dimension_count": 16,
                    "attention.key_length": 16, "attention.value_length": 16, "vocab_size": 65}
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.tokens"][:3] == ["\u0120", "!", '"']
+    tokenizer_fields = {k: v for k, v in fields.items() if k.startswith("tokenizer.")}
+    assert tokenizer_fields.pop("tokenizer.ggml.tokens") == [chr(0x120)] + [chr(c) for c in range(33, 97)]
+    assert tokenizer_fields == {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.add_bos_token": False,
+                                "tokenizer.ggml.token_type": [gguf.TokenType.NORMAL] * 65}  # no merges, no end-of-text
+    assert set(fields) == {f"{arch}.{k}" for k in own} | set(tokenizer_fields) | {"tokenizer.ggml.tokens"} | {
+        "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.name", "general.file_type"}
 
     per_block = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
     per_block += ["attn_q_norm", "attn_k_norm"] if qk_norm else []

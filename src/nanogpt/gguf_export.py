@@ -193,6 +193,7 @@ def _add_tokenizer_fields(writer: Any, gguf: Any, tokenizer: Any, vocab_size: in
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.CONTROL if i == eot else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    writer.add_add_bos_token(False)  # nanogpt encodes a prompt as it is, with no end-of-text token before it
     if merges:
         writer.add_token_merges(merges)
     if eot is not None:
