@@ -3,7 +3,8 @@
 ``--format hf`` (default): a Hugging Face folder (GPT-2, or Qwen3/Llama for the modern block)
 with its tokenizer files, so ``AutoModelForCausalLM`` and ``AutoTokenizer`` load it offline.
 ``--format nanogpt``: nanoGPT's ``ckpt.pt`` (+ ``meta.pkl`` for a character vocabulary).
-``--format gguf``: one GGUF file for llama.cpp-based runners (GPT-2 block only).
+``--format gguf``: one GGUF file for llama.cpp-based runners (architecture gpt2, or qwen3 / llama
+for the modern block with / without QK-norm).
 
 An HF folder is accepted as the source too; hub names and presets are not: there is nothing of
 ours to export. The target must be empty (or, for a file, absent) unless ``--overwrite``, and is
@@ -29,11 +30,12 @@ EXPORT_KINDS = frozenset({"run", "hf", "nanogpt"})
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="SOURCE", help="a training run folder (runs/NAME), a Hugging Face folder or a nanoGPT ckpt.pt")
-    parser.add_argument("--to", required=True, metavar="DIR", help="output folder for the Hugging Face GPT-2 files")
+    parser.add_argument("--to", required=True, metavar="DIR", help="output folder (hf, nanogpt), or a .gguf file name (gguf)")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="which checkpoint (default: best)")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --to folder")
     parser.add_argument("--format", choices=["hf", "nanogpt", "gguf"], default="hf",
-                        help="hf: a Hugging Face folder; nanogpt: nanoGPT's ckpt.pt; gguf: a .gguf file (default: hf)")
+                        help="hf: a Hugging Face folder; nanogpt: nanoGPT's ckpt.pt; gguf: a .gguf file for llama.cpp "
+                             "(gpt2, or qwen3/llama for the modern block) (default: hf)")
     parser.add_argument("--type", dest="gguf_type", choices=["f32", "f16", "bf16", "q8_0"], default="f16",
                         help="gguf only: the matrices' number format (default: f16)")
 
@@ -102,8 +104,6 @@ def write_export(out: Path, fmt: str, model: Any, tok: Any, gguf_type: str = "f1
         else:
             from nanogpt.gguf_export import write_gguf
 
-            if config.arch != "gpt2":
-                raise NanoGPTError("GGUF export writes llama.cpp's gpt2 architecture; export a modern model with --format hf")
             write_gguf(config, state, tok, tmp / name, kind=gguf_type)
         names = sorted(f.name for f in tmp.iterdir())
         for f in names:
