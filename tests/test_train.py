@@ -300,18 +300,32 @@ def test_a_log_line_at_least_every_ten_seconds_whatever_log_interval_says(tmp_pa
 
 def test_threads_auto_is_said_and_recorded(char_data, tmp_path, monkeypatch):
     """--run.threads auto on two cores times both counts first, says its choice and records it."""
+    import time
+    from types import SimpleNamespace
+
+    from nanogpt import threads
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     counts = []
     monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    # the tuner's step timer reads a scripted machine: 50 ms a step at 2 threads, 80 at 1
+    now = [0.0]
+
+    def perf_counter():
+        now[0] += {2: 0.05, 1: 0.08}[counts[-1]]  # each unit: end - start = one step
+        return now[0]
+
+    monkeypatch.setattr(threads, "time", SimpleNamespace(perf_counter=perf_counter, monotonic=time.monotonic))
     cfg, explicit = cfg_for(char_data, tmp_path / "run", **{"run.max_iters": 12, "run.eval_interval": 100})
     lines = []
     train(cfg, explicit, log=lines.append)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     chosen = [r for r in rows if r["kind"] == "threads"]
-    assert len(chosen) == 1 and chosen[0]["iter"] == 7 and set(chosen[0]["ms"]) == {"1", "2"}
-    assert counts[:2] == [1, 2] and counts[-1] == chosen[0]["threads"]  # the trial, then the choice
-    assert any(x.startswith(f"threads: {chosen[0]['threads']} (auto, first measurement: ") for x in lines)
+    assert chosen == [{"kind": "threads", "iter": 7, "threads": 2, "ms": {"1": 80.0, "2": 50.0},
+                       "why": "first measurement", "changed": True}]
+    assert counts == [1, 2]  # the trial: 4 steps at 1 thread, then 2 threads, kept
+    assert "threads: 2 (auto, first measurement: 50.0 ms per step at 2, 80.0 at 1)" in lines
     assert any("threads auto (2 cores; trying 2/1)" in x for x in lines)
 
 
