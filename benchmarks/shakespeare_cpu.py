@@ -38,6 +38,15 @@ NANOGPT_CPU = [
 ]
 
 
+def prepare_data(input_txt: str, prefix: str) -> tuple[Path, Path]:
+    """A fresh work folder and tiny Shakespeare in it, character level with nanoGPT's 90/10 split."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    data = work / "tinyshakespeare-char"
+    subprocess.run([sys.executable, "-m", "nanogpt", "prepare", "tinyshakespeare", "--input", input_txt,
+                    "--tokenizer", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    return work, data
+
+
 def run(name: str, data: Path, out: Path, extra: list[str], preset: str = "shakespeare-char-cpu") -> dict:
     cmd = [sys.executable, "-m", "nanogpt", "train", "--preset", preset, f"--data.dataset={data}",
            f"--run.out_dir={out / name}", "--run.sample_tokens=0", "--run.progress=false", *extra]
@@ -73,10 +82,7 @@ def main() -> int:
                     help="evaluation interval of budgets over 60 s; smaller gives a finer time to the recipe's loss")
     ap.add_argument("--out", default=str(RESULTS / "shakespeare_cpu"), help="output path stem (.json and .md)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="nanogpt-bench-"))
-    data = work / "tinyshakespeare-char"
-    subprocess.run([sys.executable, "-m", "nanogpt", "prepare", "tinyshakespeare", "--input", args.input,
-                    "--tokenizer", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    work, data = prepare_data(args.input, "nanogpt-bench-")
     results = []
     if not args.skip_baseline:
         results.append({**run("nanogpt-cpu-recipe", data, work, NANOGPT_CPU), "budget_s": None})

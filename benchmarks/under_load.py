@@ -20,10 +20,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from shakespeare_cpu import RESULTS, run
+from shakespeare_cpu import RESULTS, prepare_data, run
 
 # A busy loop pinned to one core that ends by itself: the benchmark cannot leave it behind.
 COMPETITOR = ("import os, sys, time\n"
@@ -83,10 +82,7 @@ def main() -> int:
     args = ap.parse_args()
     from nanogpt import cpu
 
-    work = Path(tempfile.mkdtemp(prefix="nanogpt-load-"))
-    data = work / "tinyshakespeare-char"
-    subprocess.run([sys.executable, "-m", "nanogpt", "prepare", "tinyshakespeare", "--input", args.input,
-                    "--tokenizer", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+    work, data = prepare_data(args.input, "nanogpt-load-")
     results = [one_case(*case.split(":"), args.budget, data, work) for case in args.cases.split(",")]
     import torch
 

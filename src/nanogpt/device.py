@@ -19,7 +19,6 @@ The measurements behind these choices are in ``benchmarks/README.md`` ("Runtime 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -146,13 +145,11 @@ def prepare_model(model: Any, runtime: "Runtime", seq_len: int, log: Any = print
 
     Shared by training, ``nanogpt bench`` and the benchmarks, so they measure the same thing.
     """
-    from nanogpt.ops import apply_kernels
+    from nanogpt.ops import apply_kernels, kernels_of
 
     kernels = choose_kernels(runtime.device, runtime.dtype, seq_len, model.config.vocab_size, runtime.compile)
-    if model.config.arch != "modern":  # no RMSNorm to replace: the log line should not name it
-        kernels = dataclasses.replace(kernels, rms_norm=False)
     apply_kernels(model, kernels)
-    log(describe_kernels(kernels))
+    log(describe_kernels(kernels_of(model)))  # what was installed: a GPT-2 block has no RMSNorm to replace
     return maybe_compile(model, runtime.compile, log=log)
 
 

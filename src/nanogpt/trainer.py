@@ -338,10 +338,9 @@ class Trainer:
 
     def _threads_chosen(self, decision: dict[str, Any]) -> None:
         """Say and record a choice of ``--run.threads auto`` when it sets or changes the count."""
-        if decision["changed"]:
-            from nanogpt.threads import describe_decision
+        from nanogpt.threads import say_changes
 
-            self.say(describe_decision(decision))
+        say_changes(self.say)(decision)
         self.logger.record({"kind": "threads", "iter": self.iter, **decision,
                             "ms": {str(k): v for k, v in decision["ms"].items()}})
 
