@@ -10,6 +10,7 @@ from nanogpt.ops import (
     Kernels,
     MatmulAttention,
     FusedRMSNorm,
+    LowPrecisionStream,
     RowLinear,
     apply_kernels,
     kernels_of,
@@ -138,11 +139,12 @@ def test_kernel_policy():
     from nanogpt.device import choose_kernels
 
     cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
-    assert choose_kernels(cpu, bf16, 256, 50304, compiled=False) == Kernels("matmul", 256, False, True)
-    assert choose_kernels(cpu, bf16, 512, 65, compiled=False) == Kernels("sdpa", 0, False, True)  # long: fused wins
-    assert choose_kernels(cpu, fp32, 64, 65, compiled=False) == Kernels("sdpa", 0, False, True)
-    fused = choose_kernels(cpu, fp32, 64, 50304, compiled=True)
-    assert fused.loss_rows == 0 and not fused.rms_norm  # compiled: inductor fuses the loss and the norm
+    assert choose_kernels(cpu, bf16, 256, 50304, compiled=False) == Kernels("matmul", 256, False, True, True)
+    assert choose_kernels(cpu, bf16, 512, 65, compiled=False) == Kernels("sdpa", 0, False, True, True)  # long: fused wins
+    assert choose_kernels(cpu, fp32, 64, 65, compiled=False) == Kernels("sdpa", 0, False, True)  # no autocast: no cast
+    fused = choose_kernels(cpu, bf16, 64, 50304, compiled=True)
+    # compiled: inductor fuses the loss, the norm and the casts
+    assert fused.loss_rows == 0 and not fused.rms_norm and not fused.low_precision_stream
     assert choose_kernels(cuda, bf16, 64, 50304, compiled=False) == Kernels()
     assert choose_kernels(cpu, bf16, 1024, 50304, compiled=False, decode=True) == Kernels("sdpa", 0, True)
     assert choose_kernels(cpu, fp32, 1024, 50304, compiled=False, decode=True) == Kernels()
@@ -189,3 +191,35 @@ def test_fused_rms_norm_in_the_modern_model_keeps_loss_and_gradients():
         torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     apply_kernels(model, Kernels())
     assert type(model.transformer.ln_f) is RMSNorm
+
+
+def test_low_precision_stream_is_plain_dropout_outside_autocast_and_bf16_inside():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx, targets = torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16))
+    seen = []
+    model.transformer.h[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+
+    def loss_and_grads(autocast):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, loss = model(idx, targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref = loss_and_grads(False), loss_and_grads(True)
+    assert seen == [torch.float32, torch.float32]  # model.py: a float32 stream, also under autocast
+    apply_kernels(model, Kernels(low_precision_stream=True))
+    assert type(model.transformer.drop) is LowPrecisionStream and kernels_of(model).low_precision_stream
+    plain = loss_and_grads(False)
+    assert torch.equal(plain[0], ref[0][0])  # no autocast: exactly the reference
+    assert all(torch.equal(g, ref[0][1][n]) for n, g in plain[1].items())
+    loss, grads = loss_and_grads(True)
+    assert seen[-1] == torch.bfloat16  # the stream between blocks is bf16 now
+    torch.testing.assert_close(loss, ref[1][0], atol=1e-2, rtol=1e-2)
+    for name, grad in grads.items():  # the same gradients, up to bf16 rounding of the stream
+        cos = torch.nn.functional.cosine_similarity(grad.flatten(), ref[1][1][name].flatten(), dim=0)
+        assert cos > 0.99, name
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and all(g.dtype == torch.float32 for g in grads.values())
+    apply_kernels(model, Kernels())
+    assert type(model.transformer.drop) is torch.nn.Dropout

@@ -154,3 +154,30 @@ def test_lr_at_decay_end_and_time_budget():
     # the time budget is further along than the iterations: it sets the progress
     assert lr_at(5, o, max_iters=1000, time_frac=0.75) == pytest.approx(0.4, rel=1e-12)
     assert lr_at(2, o, max_iters=1000, time_frac=0.75) == pytest.approx(0.75, rel=1e-12)  # warmup ignores it
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e3])  # the clip binds / it does not
+def test_clipping_folded_into_the_fused_step_equals_clip_grad_norm_then_step(clip):
+    import copy
+
+    from nanogpt.device import setup_runtime
+    from nanogpt.step import train_step
+
+    runtime = setup_runtime("cpu", dtype="float32", threads="1")
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0))
+    ref = copy.deepcopy(ours)
+    opt = configure_optimizer(ours, OptimConfig(lr=1e-2), runtime.device)
+    ref_opt = configure_optimizer(ref, OptimConfig(lr=1e-2), runtime.device)
+    assert opt.defaults["fused"]
+    for i in range(3):
+        x, y = torch.randint(0, 65, (4, 16)), torch.randint(0, 65, (4, 16))
+        train_step(ours, opt, [(x, y)], runtime, grad_clip=clip)
+        assert getattr(opt, "grad_scale", None) is None  # nothing left for the next step
+        _, loss = ref(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+        ref_opt.step()
+        ref_opt.zero_grad()
+        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)

@@ -116,6 +116,8 @@ def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab
       loss themselves; GPUs keep the plain path.
     * Matrix-vector products for batch-1 decode steps on CPUs with bf16/fp16 weights.
     * RMSNorm (the modern block) with a hand-written backward on CPUs when training.
+    * The residual stream in bf16 on CPUs when training under bf16 autocast: eager PyTorch
+      would otherwise cast it to and from float32 around every sublayer.
     Measurements: ``benchmarks/README.md``.
     """
     from nanogpt.ops import Kernels
@@ -126,6 +128,7 @@ def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab
         loss_rows=256 if cpu and not decode and vocab_size >= 4096 and not compiled else 0,
         row_linear=cpu and decode and dtype in (torch.bfloat16, torch.float16),
         rms_norm=cpu and not decode and not compiled,
+        low_precision_stream=cpu and not decode and not compiled and dtype is torch.bfloat16,
     )
 
 
@@ -137,6 +140,8 @@ def describe_kernels(kernels: "Kernels") -> str:
         parts.append("matrix-vector decode")
     if kernels.rms_norm:
         parts.append("fused RMSNorm backward")
+    if kernels.low_precision_stream:
+        parts.append("low-precision residual stream")
     return "kernels: " + ", ".join(parts)
 
 

@@ -46,15 +46,37 @@ def train_step(
                 loss.backward()
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if grad_clip > 0:
+    fold = grad_clip > 0 and scaler is None and _fused_adam(optimizer)
+    if fold:
+        fold_clip_into_step(model, optimizer, grad_clip)
+    elif grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
+    if fold:
+        optimizer.grad_scale = None  # type: ignore[attr-defined]
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def _fused_adam(optimizer: torch.optim.Optimizer) -> bool:
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
+
+
+def fold_clip_into_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """Clip the gradients' global norm to ``grad_clip`` inside the fused AdamW step.
+
+    ``clip_grad_norm_`` multiplies every gradient by the clip factor: a pass over all of them.
+    The fused step divides each gradient by ``optimizer.grad_scale`` anyway (the hook that
+    ``GradScaler`` uses to unscale), so the inverse factor goes there, for no extra pass.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    # clip_grad_norm_ scales by min(1, clip / (norm + 1e-6)); the step divides by its inverse
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / grad_clip, min=1.0)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
