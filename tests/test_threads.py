@@ -125,6 +125,15 @@ def test_busy_machine_picks_one_thread_and_follows_the_load(monkeypatch):
     assert t.current == 2 and t.decisions[-1]["changed"] and t.interval == 15.0
 
 
+@pytest.mark.parametrize("one_thread, expected", [(0.095, 2), (0.085, 1)])
+def test_only_a_clearly_faster_count_replaces_the_current_one(monkeypatch, one_thread, expected):
+    m = Machine({2: 0.1, 1: one_thread})  # 1 thread 5% / 15% faster than 2
+    t = tuner_for(m)
+    m.run(t, 8, monkeypatch)
+    assert t.current == expected and t.decisions[-1]["threads"] == expected
+    assert t.decisions[-1]["ms"] == {1: one_thread * 1000, 2: 100.0}
+
+
 def test_slowdown_starts_a_check_early(monkeypatch):
     m = Machine({2: 0.06, 1: 0.11})
     t = tuner_for(m, base_interval=1000.0)

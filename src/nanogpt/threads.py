@@ -3,10 +3,10 @@
 When another process holds one of the cores, torch's OpenMP threads wait for the slowest of
 them at every parallel region, so two threads on a busy 2-core machine can be several times
 slower than one. ``auto`` therefore times the work itself: it runs a few steps at each
-candidate count (all cores, one fewer, half, one), keeps the fastest, and checks again
-periodically and as soon as the steps get markedly slower. A fixed count (``--threads N``, or
-``OMP_NUM_THREADS`` in the environment) is never changed. The thread count changes results
-at the 1e-5 level, so bit-exact reproduction needs a fixed count.
+candidate count (all cores, one fewer, half, one), keeps the fastest (a switch needs a clear
+gain), and checks again periodically and as soon as the steps get markedly slower. A fixed
+count (``--threads N``, or ``OMP_NUM_THREADS`` in the environment) is never changed. The thread
+count changes results at the 1e-5 level, so bit-exact reproduction needs a fixed count.
 
 No torch at import: the count is applied through a setter (``torch.set_num_threads`` by default).
 """
@@ -51,18 +51,21 @@ class ThreadTuner:
     the median the last decision saw (unless the count is already the fewest: fewer cannot
     help), and a count whose timed unit takes ``give_up`` times the best median known (the
     current count's just before the trial, the other counts' in it), or whose discarded unit
-    takes twice that, is not timed further.
+    takes twice that, is not timed further. Another count replaces the current one only when its
+    median is ``margin`` (10%) lower: on an idle machine a noisy trial can show one thread a few
+    percent ahead of two, while a busy core makes the difference 1.5x and more.
     """
 
     def __init__(self, counts: list[int], reason: str, set_threads: Callable[[int], None] = _set_torch_threads,
                  clock: Callable[[], float] = time.monotonic, base_interval: float = 15.0,
                  max_interval: float = 120.0, trial_units: int = 3, discard: int = 1, slowdown: float = 1.5,
-                 give_up: float = 2.0) -> None:
+                 give_up: float = 2.0, margin: float = 0.1) -> None:
         self.counts, self.reason = counts, reason
         self.current = counts[0]
         self._set, self._clock = set_threads, clock
         self.base_interval, self.max_interval, self.interval = base_interval, max_interval, base_interval
         self.trial_units, self.discard, self.slowdown, self.give_up = trial_units, discard, slowdown, give_up
+        self.margin = margin
         self._plan: list[tuple[int, bool]] = []  # (count, timed) for the units of a trial in progress
         self._trial: dict[int, list[float]] = {}
         self._recent: deque[float] = deque(maxlen=5)
@@ -154,6 +157,8 @@ class ThreadTuner:
     def _decide(self) -> None:
         medians = {c: statistics.median(ts) for c, ts in self._trial.items() if ts}
         best = min(medians, key=lambda c: (medians[c], -c))
+        if self.current in medians and medians[best] > (1 - self.margin) * medians[self.current]:
+            best = self.current  # not clearly faster: keep the count (no switch on noise)
         changed = best != self.current or not self.decisions
         self.interval = self.base_interval if changed else min(self.max_interval, 2 * self.interval)
         self.current, self._baseline = best, medians[best]
