@@ -121,16 +121,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)  # mixes the heads
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = (t.view(B, T, self.n_head, hs) for t in self.c_attn(x).split(self.n_embd, dim=2))  # (B, T, nh, hs)
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+        """q, k, v (B, nh, T, hs) of x (B, T, C): one projection, split into heads."""
+        B, T, C = x.shape  # hs = C // nh channels per head
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in self.c_attn(x).split(C, dim=2))  # (B, T, nh, hs)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)  # modern: each head's vectors to unit RMS (times a gain)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)  # modern: positions enter here, not in x
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads as a batch dim: (B, nh, T, hs)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # heads as a batch dim: (B, nh, T, hs)
+
+    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.heads(x, rope)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, past + T, hs)
         y = self.attend(q, k, v)  # (B, nh, T, hs)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from nanogpt.errors import NanoGPTError
 from nanogpt.generate import SamplingParams, TextStream, check_context_keep, sample_next_token, window_start
-from nanogpt.model import GPT, rotary_angles, rotate
+from nanogpt.model import GPT, rotary_angles
 
 if TYPE_CHECKING:
     from nanogpt.threads import ThreadTuner
@@ -136,7 +136,7 @@ def decode_step(model: GPT, cache: SlotCache, tokens: torch.Tensor, pos: torch.T
     """
     B = tokens.size(0)
     cfg = model.config
-    C, nh = cfg.n_embd, cfg.n_head
+    C = cfg.n_embd
     tr = model.transformer
     x = tr.wte(tokens[:, None])  # (B, 1, C)
     rope = None
@@ -144,21 +144,15 @@ def decode_step(model: GPT, cache: SlotCache, tokens: torch.Tensor, pos: torch.T
         x = x + tr.wpe(pos)[:, None, :]
     else:  # the modern block: each row's q and k turn by its own position
         cos, sin = rotary_angles(pos, cfg.head_dim, cfg.rope_theta)  # 2 x (B, hs)
-        rope = (cos[:, None, None, :], sin[:, None, None, :])  # broadcast over (B, nh, 1, hs)
+        rope = (cos[:, None, None, :], sin[:, None, None, :])  # broadcast over (B, 1, nh, hs)
     L = int(pos.max()) + 1
     visible = (torch.arange(L, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, L)
     rows = torch.arange(B, device=pos.device)
     for i, block in enumerate(tr.h):
         attn = block.attn
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)  # 3 x (B, 1, C)
-        q = q.view(B, 1, nh, C // nh).transpose(1, 2)  # (B, nh, 1, hs)
-        k = k.view(B, 1, nh, C // nh).transpose(1, 2)  # (B, nh, 1, hs)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
-        cache.k[i, rows, :, pos] = k.view(B, nh, C // nh)  # each row's key at its own position
-        cache.v[i, rows, :, pos] = v.view(B, nh, C // nh)
+        q, k, v = attn.heads(block.ln_1(x), rope)  # 3 x (B, nh, 1, hs)
+        cache.k[i, rows, :, pos] = k[:, :, 0]  # each row's key at its own position
+        cache.v[i, rows, :, pos] = v[:, :, 0]
         keys, values = cache.k[i, :B, :, :L], cache.v[i, :B, :, :L]  # (B, nh, L, hs)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)  # (B, nh, 1, hs)
         x = x + attn.c_proj(y.transpose(1, 2).reshape(B, 1, C))
