@@ -18,7 +18,7 @@ TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "
 
 FIELDS = {
     "device", "device_name", "dtype", "compile", "model", "params", "matmul_params", "batch_size", "seq_len",
-    "grad_accum", "tokens_per_step", "warmup_steps", "warmup_seconds", "steps", "ms_per_step",
+    "grad_accum", "optimizer", "tokens_per_step", "warmup_steps", "warmup_seconds", "steps", "ms_per_step",
     "ms_per_step_median", "ms_per_step_min", "tokens_per_second", "flops_per_token", "achieved_tflops",
     "peak_tflops", "mfu", "peak_memory_bytes", "memory_kind", "loss_first", "loss_last", "sampling", "torch",
     "threads", "threads_choice", "python", "date", "preset",
@@ -185,3 +185,22 @@ def test_gpu_script_smoke_runs_end_to_end(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "g.json").read_text())
     assert report["smoke"] is True and report["windows"]["eager"]["ms_per_step"] > 0
     assert report["flops_per_token"] == flops.flops_per_token(flops.GPTConfig(**report["model"]))
+
+
+def test_bench_times_the_step_with_the_presets_optimizer(monkeypatch):
+    from nanogpt import optim
+
+    steps = []
+    real = optim.Muon.step
+    monkeypatch.setattr(optim.Muon, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    config = bench.resolve_model(None, {"model.n_layer": "1", "model.n_embd": "16", "model.n_head": "2",
+                                        "model.block_size": "8"}, torch.device("cpu"))[0]
+    opts = bench.BenchConfig(steps=2, warmup=1, device="cpu", dtype="float32", sample_tokens=0)
+    muon = bench.preset_optim("shakespeare-char-cpu")
+    assert muon.name == "muon" and muon.muon_lr == 0.065
+    r = bench.run_bench(config, opts, batch_size=2, optim=muon)
+    assert r["optimizer"] == "muon" and len(steps) == 3  # every warm-up and measured step
+    assert "Muon for the blocks' matrices, AdamW for the rest" in bench.format_table(r)
+    r = bench.run_bench(config, opts, batch_size=2)  # no preset's settings: AdamW
+    assert r["optimizer"] == "adamw" and len(steps) == 3
+    assert bench.preset_optim("shakespeare-char").name == "adamw"

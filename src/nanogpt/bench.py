@@ -235,15 +235,15 @@ def _peak_memory(device: torch.device, rss_before: int | None) -> tuple[int | No
     return growth, "peak RSS growth of the process"
 
 
-def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Warm-up and measured training steps of ``model`` on fixed random batches."""
-    from nanogpt.config import OptimConfig
+def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: int, optim: Any,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Warm-up and measured training steps of ``model`` on fixed random batches, with ``optim``'s optimizer."""
     from nanogpt.device import prepare_model
     from nanogpt.optim import configure_optimizer
     from nanogpt.step import train_step
 
     device, T = runtime.device, model.config.block_size
-    optimizer = configure_optimizer(model, OptimConfig(), device)
+    optimizer = configure_optimizer(model, optim, device)
     scaler = torch.amp.GradScaler(device.type) if runtime.dtype is torch.float16 else None
     fwd = prepare_model(model, runtime, T, log=log)
     batches = _random_batches(model.config.vocab_size, B, T, opts.grad_accum, opts.seed, device)
@@ -259,7 +259,7 @@ def _time_training(model: torch.nn.Module, opts: BenchConfig, runtime: Any, B: i
                disable=True if opts.quiet else None)  # None: only on a terminal
 
     def step() -> torch.Tensor:
-        loss = train_step(fwd, optimizer, batches, runtime, grad_clip=OptimConfig().grad_clip, scaler=scaler)
+        loss = train_step(fwd, optimizer, batches, runtime, grad_clip=optim.grad_clip, scaler=scaler)
         bar.update(1)
         return loss
 
@@ -288,10 +288,23 @@ def threads_choice(tuner: Any) -> str:
     return f"auto, the fastest of {'/'.join(map(str, tuner.counts))} in the warm-up: {times} per step"
 
 
+def preset_optim(name: str) -> Any:
+    """The optimizer settings of preset ``name`` (an OptimConfig): bench times the step its training runs."""
+    from nanogpt.config import OptimConfig, get_preset
+
+    return OptimConfig(**{k.split(".", 1)[1]: v for k, v in get_preset(name).items() if k.startswith("optim.")})
+
+
 def run_bench(
-    model_config: Any, opts: BenchConfig, batch_size: int, log: Callable[[str], None] = lambda s: None
+    model_config: Any, opts: BenchConfig, batch_size: int, log: Callable[[str], None] = lambda s: None,
+    optim: Any = None,
 ) -> dict[str, Any]:
-    """Measure training (and sampling) speed of ``model_config``; returns the result record."""
+    """Measure training (and sampling) speed of ``model_config``; returns the result record.
+
+    ``optim`` (an OptimConfig; default: AdamW with its defaults) is the optimizer the steps run.
+    """
+    from nanogpt.config import OptimConfig
+
     from nanogpt import flops
     from nanogpt.budget import check_training_fits
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
@@ -311,7 +324,8 @@ def run_bench(
     rss_before = _rss_bytes()
     torch.manual_seed(opts.seed)
     model = GPT(model_config).to(device).train()
-    trained = _time_training(model, opts, runtime, B, log)
+    optim = optim or OptimConfig()
+    trained = _time_training(model, opts, runtime, B, optim, log)
     timing = trained["timing"]
     peak_mem, mem_kind = _peak_memory(device, rss_before)
 
@@ -327,7 +341,7 @@ def run_bench(
         "device": str(device), "device_name": device_label(device), "dtype": dtype_name(runtime.dtype),
         "compile": runtime.compile, "model": model_config.to_dict(), "params": model.num_params(),
         "matmul_params": flops.matmul_params(model_config), "batch_size": B, "seq_len": T,
-        "grad_accum": opts.grad_accum, "tokens_per_step": tokens_per_step, "warmup_steps": trained["warmup_steps"],
+        "grad_accum": opts.grad_accum, "optimizer": optim.name, "tokens_per_step": tokens_per_step, "warmup_steps": trained["warmup_steps"],
         "warmup_seconds": trained["warmup_seconds"], "steps": opts.steps,
         "ms_per_step": 1000 * timing.mean, "ms_per_step_median": 1000 * _median(timing.per_call),
         "ms_per_step_min": 1000 * min(timing.per_call), "tokens_per_second": tok_s, "flops_per_token": fpt,
@@ -352,6 +366,9 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
+OPTIMIZER_TEXT = {"adamw": "AdamW", "muon": "Muon for the blocks' matrices, AdamW for the rest"}
+
+
 def format_table(r: dict[str, Any]) -> str:
     """The result record as a readable two-column table."""
     from nanogpt.flops import format_mfu
@@ -363,6 +380,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("dtype / compile", f"{r['dtype']} / {'on' if r['compile'] else 'off'}"),
         ("model", f"{m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, vocab {m['vocab_size']}; {r['params'] / 1e6:.2f}M params"),
         ("batch", f"{r['batch_size']} x {r['seq_len']} tokens x {r['grad_accum']} = {r['tokens_per_step']:,} tokens/step"),
+        ("optimizer", OPTIMIZER_TEXT.get(r["optimizer"], r["optimizer"])),
         ("steps", f"{r['warmup_steps']} warm-up ({r['warmup_seconds']:.1f} s) + {r['steps']} measured"),
         ("threads", f"{r['threads']} ({r['threads_choice']})"),
         ("ms/step", f"{r['ms_per_step']:.1f} (median {r['ms_per_step_median']:.1f}, best {r['ms_per_step_min']:.1f})"),
@@ -397,7 +415,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     from nanogpt.config import add_dataclass_args, preset_names
     from nanogpt.config import GPTConfig
 
-    parser.add_argument("--preset", help=f"model and batch size of a named run: {', '.join(preset_names())} "
+    parser.add_argument("--preset", help=f"model, batch size and optimizer of a named run: {', '.join(preset_names())} "
                         "(default: gpt2-124m on CUDA, shakespeare-char-cpu elsewhere)")
     parser.add_argument("--block-size", type=int, dest="model.block_size", default=argparse.SUPPRESS,
                         help="sequence length in tokens; shorthand for --model.block_size")
@@ -430,7 +448,7 @@ def cli_main(args: argparse.Namespace) -> int:
     batch = opts.batch_size or preset_batch
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     log(f"nanogpt bench: preset {preset}" + (f" with {', '.join(f'{k}={v}' for k, v in overrides.items())}" if overrides else ""))
-    result = run_bench(config, opts, batch, log)
+    result = run_bench(config, opts, batch, log, optim=preset_optim(preset))
     result["preset"] = preset
     if args.json:
         print(json.dumps(result, indent=2))
