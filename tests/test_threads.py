@@ -122,7 +122,16 @@ def test_busy_machine_picks_one_thread_and_follows_the_load(monkeypatch):
     # the load leaves: at the next periodic check, 2 threads win again
     m.cost = {2: 0.06, 1: 0.11}
     m.run(t, 30 * 10 + 20, monkeypatch)
-    assert t.current == 2 and t.decisions[-1]["changed"] and t.interval == 15.0
+    assert t.current == 2 and t.decisions[-1]["changed"]
+    assert t.interval == 120.0  # back at the most threads: the slowdown check watches for load, periodic checks are rare
+
+
+def test_idle_machine_is_checked_rarely(monkeypatch):
+    m = Machine({2: 0.06, 1: 0.11})
+    t = tuner_for(m, base_interval=15.0, max_interval=120.0)
+    used = m.run(t, int(250 / 0.06), monkeypatch)  # ~250 s of work
+    assert [d["why"] for d in t.decisions] == ["first measurement", "periodic check", "periodic check"]
+    assert used.count(1) == 3 * 4  # three trials of one discarded and three timed units at 1 thread
 
 
 @pytest.mark.parametrize("one_thread, expected", [(0.095, 2), (0.085, 1)])

@@ -45,9 +45,9 @@ class ThreadTuner:
     Wrap each unit in ``with tuner.unit():``. With one candidate it only sets the count once.
     With several it runs a trial: ``discard`` unit(s) then ``trial_units`` timed units at each
     candidate (the first after a change pays for waking the threads), keeps the fastest median,
-    and schedules the next trial ``interval`` seconds later: the interval doubles (up to
-    ``max_interval``) while the choice holds and starts again from ``base_interval`` when it
-    changes. A trial also starts early when the median of the last units is ``slowdown`` times
+    and schedules the next trial ``interval`` seconds later: below the most threads the interval
+    doubles (up to ``max_interval``) while the choice holds and starts again from ``base_interval``
+    when it changes; at the most threads it is ``max_interval``. A trial also starts early when the median of the last units is ``slowdown`` times
     the median the last decision saw (unless the count is already the fewest: fewer cannot
     help), and a count whose timed unit takes ``give_up`` times the best median known (the
     current count's just before the trial, the other counts' in it), or whose discarded unit
@@ -160,7 +160,12 @@ class ThreadTuner:
         if self.current in medians and medians[best] > (1 - self.margin) * medians[self.current]:
             best = self.current  # not clearly faster: keep the count (no switch on noise)
         changed = best != self.current or not self.decisions
-        self.interval = self.base_interval if changed else min(self.max_interval, 2 * self.interval)
+        if best == self.counts[0]:
+            # at the most threads, load that arrives shows as slower steps (the early check above), so a
+            # periodic check is only insurance: rare, since each costs slower steps at the other counts
+            self.interval = self.max_interval
+        else:  # fewer threads: look for the load leaving, soon after a change, then less and less often
+            self.interval = self.base_interval if changed else min(self.max_interval, 2 * self.interval)
         self.current, self._baseline = best, medians[best]
         self._trial, self._next_check = {}, self._clock() + self.interval
         self._recent.clear()
