@@ -303,10 +303,9 @@ def run_bench(
 
     ``optim`` (an OptimConfig; default: AdamW with its defaults) is the optimizer the steps run.
     """
-    from nanogpt.config import OptimConfig
-
     from nanogpt import flops
     from nanogpt.budget import check_training_fits
+    from nanogpt.config import OptimConfig
     from nanogpt.device import device_label, dtype_name, setup_runtime, unwrap
     from nanogpt.model import GPT
     from nanogpt.threads import say_changes

@@ -47,11 +47,11 @@ class ThreadTuner:
     candidate (the first after a change pays for waking the threads), keeps the fastest median,
     and schedules the next trial ``interval`` seconds later: below the most threads the interval
     doubles (up to ``max_interval``) while the choice holds and starts again from ``base_interval``
-    when it changes; at the most threads it is ``max_interval``. A trial also starts early when the median of the last units is ``slowdown`` times
-    the median the last decision saw (unless the count is already the fewest: fewer cannot
-    help), and a count whose timed unit takes ``give_up`` times the best median known (the
-    current count's just before the trial, the other counts' in it), or whose discarded unit
-    takes twice that, is not timed further. Another count replaces the current one only when its
+    when it changes; at the most threads it is ``max_interval``. A trial also starts early when
+    the median of the last units is ``slowdown`` times the median the last decision saw (unless
+    the count is already the fewest: fewer cannot help), and a count whose timed unit takes
+    ``give_up`` times the best median known (the current count's just before the trial, the
+    other counts' in it), or whose discarded unit takes twice that, is not timed further. Another count replaces the current one only when its
     median is ``margin`` (10%) lower: on an idle machine a noisy trial can show one thread a few
     percent ahead of two, while a busy core makes the difference 1.5x and more.
     """
