@@ -192,11 +192,12 @@ def run_case(case: Case, rounds: int, warmup: int, runtime: Any, probe_seconds: 
     calls = record_matmuls(our_contender(cfg, batch, runtime))  # on a copy: recording trains it a step
     mm_low, mm_flops = matmul_replay(calls, runtime.dtype)
     mm_fp32, _ = matmul_replay(calls, torch.float32)
+    # each step timed right next to its own products alone (the ceiling, see matmul_replay), so
+    # that the ratios of a round compare moments of the same machine speed
     contenders = {
         "ours": (our_contender(cfg, batch, runtime), runtime.dtype),
-        "plain fp32": (plain_fp32_contender(cfg, batch), torch.float32),
-        # the same matrix products alone, in each dtype: the ceiling for the speedup (see matmul_replay)
         "matmuls only, ours' dtype": (mm_low, runtime.dtype),
+        "plain fp32": (plain_fp32_contender(cfg, batch), torch.float32),
         "matmuls only, fp32": (mm_fp32, torch.float32),
     }
     times: dict[str, list[float]] = {k: [] for k in contenders}

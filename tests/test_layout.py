@@ -16,7 +16,7 @@ FLOORS = {
     # leaves: facts, configuration, tokenizers, file formats; no model
     "errors": 0, "cpu": 0, "textfont": 0,
     "config": 1, "tokenizer": 1, "data.format": 1, "fsutil": 1,
-    "hf_modern": 2, "threads": 2, "bpe": 2, "nanogpt_format": 2, "optim": 2, "budget": 2, "data.corpora": 2, "data.loader": 2,
+    "hf_modern": 2, "threads": 2, "native": 2, "bpe": 2, "nanogpt_format": 2, "optim": 2, "budget": 2, "data.corpora": 2, "data.loader": 2,
     "hf": 3, "hf_tokenizer": 3, "gguf_export": 3, "report": 3,
     # the teaching core, then what the runtime applies to it from outside
     "model": 4, "resolve": 4,

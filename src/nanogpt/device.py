@@ -118,17 +118,22 @@ def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab
     * RMSNorm (the modern block) with a hand-written backward on CPUs when training.
     * The residual stream in bf16 on CPUs when training under bf16 autocast: eager PyTorch
       would otherwise cast it to and from float32 around every sublayer.
+    * Hand-written C kernels (causal softmax, GELU backward, LayerNorm) on CPUs when training
+      in bf16, where they build (``nanogpt.native``: AVX-512 BF16 and a C compiler).
     Measurements: ``benchmarks/README.md``.
     """
+    from nanogpt import native
     from nanogpt.ops import Kernels
 
     cpu = device.type == "cpu"
+    train_bf16 = cpu and not decode and not compiled and dtype is torch.bfloat16
     return Kernels(
         attention="matmul" if cpu and not decode and dtype is torch.bfloat16 and seq_len <= 256 else "sdpa",
         loss_rows=256 if cpu and not decode and vocab_size >= 4096 and not compiled else 0,
         row_linear=cpu and decode and dtype in (torch.bfloat16, torch.float16),
         rms_norm=cpu and not decode and not compiled,
-        low_precision_stream=cpu and not decode and not compiled and dtype is torch.bfloat16,
+        low_precision_stream=train_bf16,
+        native=train_bf16 and native.available(),
     )
 
 
@@ -142,6 +147,8 @@ def describe_kernels(kernels: "Kernels") -> str:
         parts.append("fused RMSNorm backward")
     if kernels.low_precision_stream:
         parts.append("low-precision residual stream")
+    if kernels.native:
+        parts.append("C kernels (causal softmax, GELU backward, LayerNorm)")
     return "kernels: " + ", ".join(parts)
 
 

@@ -43,6 +43,7 @@ import torch
 
 from nanogpt import cpu
 from nanogpt.config import GPTConfig
+from nanogpt.fsutil import user_cache_dir
 
 # --------------------------------------------------------------------------------------------
 # FLOPs per token
@@ -224,8 +225,7 @@ _cpu_peak_memory: dict[str, float] = {}
 
 def cache_path() -> Path:
     """Where measured CPU peaks are kept: $XDG_CACHE_HOME/nanogpt/cpu_peak.json (~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nanogpt" / "cpu_peak.json"
+    return user_cache_dir() / "cpu_peak.json"
 
 
 Shape = tuple[int, int, int]  # (M, K, N) of (M, K) @ (K, N)

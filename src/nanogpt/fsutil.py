@@ -31,6 +31,12 @@ _REASONS = {
 }
 
 
+def user_cache_dir() -> Path:
+    """nanogpt's folder in the user's cache: $XDG_CACHE_HOME/nanogpt, by default ~/.cache/nanogpt."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nanogpt"
+
+
 def os_error(e: OSError, doing: str, path: str | Path, advice: str) -> NanoGPTError:
     """One line for an OS error: ``cannot DOING PATH: REASON; ADVICE``."""
     reason = _REASONS.get(e.errno or -1) or (e.strerror or str(e))

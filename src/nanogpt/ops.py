@@ -17,6 +17,10 @@ a test against its reference.
 * :class:`LowPrecisionStream` for the embeddings' ``nn.Dropout``: under autocast, the residual
   stream from there on is kept in the autocast dtype (the same function, rounded to bf16 between
   sublayers) instead of float32, which saves two casts of the stream per sublayer each way.
+* :class:`NativeMatmulAttention`, :class:`NativeGELU` and :class:`NativeLayerNorm` (bf16 on
+  AVX-512 BF16 CPUs): the causal softmax, the exact GELU's backward and LayerNorm as hand-written
+  C kernels (``nanogpt.native``); the softmax visits only the allowed scores and takes the
+  scale, so no mask pass is needed.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
-from nanogpt.model import GPT, LinearCrossEntropy, RMSNorm, ScaledDotProductAttention, causal_mask
+from nanogpt.model import (
+    GPT,
+    LinearCrossEntropy,
+    RMSNorm,
+    ScaledDotProductAttention,
+    causal_mask,
+)
 
 ATTENTION_KERNELS = ("sdpa", "matmul")
 
@@ -56,6 +66,105 @@ class MatmulAttention(ScaledDotProductAttention):
         if self.training and self.dropout > 0:
             att = F.dropout(att, p=self.dropout)
         return (att @ v3).view(B, nh, t_query, hs)  # (B, nh, Tq, hs)
+
+
+class _CausalSoftmaxFn(torch.autograd.Function):
+    """softmax(scale * scores) under the causal mask, forward and backward in C (bf16)."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, scale: float) -> torch.Tensor:
+        from nanogpt import native
+
+        probs = native.causal_softmax(scores.contiguous(), scale)
+        ctx.save_for_backward(probs)
+        ctx.scale = scale
+        return probs
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        from nanogpt import native
+
+        (probs,) = ctx.saved_tensors
+        return native.causal_softmax_backward(probs, grad.contiguous(), ctx.scale), None
+
+
+class NativeMatmulAttention(MatmulAttention):
+    """:class:`MatmulAttention` with the scale, mask and softmax in one C kernel each way, for bf16 on CPUs.
+
+    The scores come from a plain ``bmm`` (no bias to broadcast first); other dtypes and devices
+    take :class:`MatmulAttention`'s path.
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype  # the dtype bmm will produce
+        if q.device.type != "cpu" or dtype is not torch.bfloat16:
+            return super().forward(q, k, v)
+        B, nh, t_query, hs = q.shape
+        t_key = k.size(-2)
+        q3, k3, v3 = (t.reshape(B * nh, -1, hs) for t in (q, k, v))  # (B*nh, T, hs)
+        att = _CausalSoftmaxFn.apply(torch.bmm(q3, k3.transpose(1, 2)), 1.0 / math.sqrt(hs))  # (B*nh, Tq, Tk)
+        att = self.probs(att.view(B, nh, t_query, t_key)).view(B * nh, t_query, t_key)
+        if self.training and self.dropout > 0:
+            att = F.dropout(att, p=self.dropout)
+        return (att @ v3).view(B, nh, t_query, hs)  # (B, nh, Tq, hs)
+
+
+class _GELUFn(torch.autograd.Function):
+    """The exact GELU: PyTorch's forward, the backward in C (bf16)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        from nanogpt import native
+
+        (x,) = ctx.saved_tensors
+        return native.gelu_backward(grad.contiguous(), x)
+
+
+class _LayerNormFn(torch.autograd.Function):
+    """LayerNorm of a bf16 stream with float32 gains, forward and backward in C."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+        from nanogpt import native
+
+        y, mean, rstd = native.layer_norm(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.with_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        from nanogpt import native
+
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = native.layer_norm_backward(grad.contiguous(), x, weight, mean, rstd, ctx.with_bias)
+        return dx, dw, db, None
+
+
+class NativeLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` in C for a contiguous bf16 CPU input with float32 gains (the bf16 residual stream)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.dtype is torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous() and w is not None
+                and w.dtype is torch.float32 and len(self.normalized_shape) == 1):
+            return _LayerNormFn.apply(x, w, self.bias, self.eps)
+        return super().forward(x)
+
+
+class NativeGELU(nn.GELU):
+    """``nn.GELU`` whose backward runs in C for contiguous bf16 CPU inputs (the exact GELU only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.approximate == "none" and x.dtype is torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous():
+            return _GELUFn.apply(x)
+        return super().forward(x)
 
 
 class _ChunkedLinearCrossEntropyFn(torch.autograd.Function):
@@ -197,6 +306,7 @@ class Kernels:
     row_linear: bool = False  # decode: nn.Linear -> RowLinear
     rms_norm: bool = False  # RMSNorm -> FusedRMSNorm (the modern block)
     low_precision_stream: bool = False  # transformer.drop -> LowPrecisionStream
+    native: bool = False  # C kernels: NativeMatmulAttention, NativeGELU, NativeLayerNorm
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KERNELS:
@@ -211,7 +321,9 @@ def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
     Only parameter-free modules are replaced, and a Linear's class is switched in place, so
     parameters, weight tying and the state dict are untouched.
     """
-    attention = MatmulAttention if kernels.attention == "matmul" else ScaledDotProductAttention
+    attention = ScaledDotProductAttention
+    if kernels.attention == "matmul":
+        attention = NativeMatmulAttention if kernels.native else MatmulAttention
     for block in model.transformer.h:
         old = block.attn.attend
         if type(old) is not attention:
@@ -227,6 +339,12 @@ def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
         if type(module) in (RMSNorm, FusedRMSNorm):
             module.__class__ = norm
     model.transformer.drop.__class__ = LowPrecisionStream if kernels.low_precision_stream else nn.Dropout
+    gelu, layer_norm = (NativeGELU, NativeLayerNorm) if kernels.native else (nn.GELU, nn.LayerNorm)
+    for module in model.modules():
+        if type(module) in (nn.GELU, NativeGELU):
+            module.__class__ = gelu
+        elif type(module) in (nn.LayerNorm, NativeLayerNorm):
+            module.__class__ = layer_norm
     return model
 
 
@@ -240,4 +358,5 @@ def kernels_of(model: GPT) -> Kernels:
         row_linear=any(type(m) is RowLinear for m in model.modules()),
         rms_norm=any(type(m) is FusedRMSNorm for m in model.modules()),
         low_precision_stream=type(model.transformer.drop) is LowPrecisionStream,
+        native=any(type(m) in (NativeGELU, NativeLayerNorm, NativeMatmulAttention) for m in model.modules()),
     )
