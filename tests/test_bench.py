@@ -204,3 +204,29 @@ def test_bench_times_the_step_with_the_presets_optimizer(monkeypatch):
     r = bench.run_bench(config, opts, batch_size=2)  # no preset's settings: AdamW
     assert r["optimizer"] == "adamw" and len(steps) == 3
     assert bench.preset_optim("shakespeare-char").name == "adamw"
+
+
+def test_cpu_kernels_script_reports_round_wise_ratios(tmp_path):
+    from nanogpt import native
+
+    if not native.available():
+        pytest.skip(f"C kernels unavailable: {native.load()[1]}")
+    script = _load_script("cpu_kernels")
+    out = tmp_path / "ck"
+    assert script.main(["--cases", "smoke", "--rounds", "2", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    smoke = report["cases"]["smoke"]
+    assert set(smoke["kernels"]) == {"causal softmax forward (scores from q k^T)", "causal softmax backward",
+                                     "GELU backward", "LayerNorm forward", "LayerNorm backward"}
+    steps = smoke["steps"]
+    assert all(steps[k] > 0 for k in ("torch_ms", "c_ms", "products_ms"))
+    rounds = steps["round_ms"]  # each ratio taken within a round, then the median (of two: the mean)
+    ratios = [t / c for t, c in zip(rounds["PyTorch's kernels"], rounds["C kernels"])]
+    assert len(ratios) == 2 and steps["speedup"] == pytest.approx(sum(ratios) / 2)
+    over = [c / m for c, m in zip(rounds["C kernels"], rounds["products alone"])]
+    assert steps["c_over_products"] == pytest.approx(sum(over) / 2)
+    gelu = smoke["kernels"]["GELU backward"]
+    assert gelu["speedup"] == pytest.approx(sum(t / c for t, c in zip(gelu["round_ms"]["torch"], gelu["round_ms"]["c"])) / 2)
+    md = out.with_suffix(".md").read_text()
+    assert f"| smoke | {steps['torch_ms']:.1f} | {steps['c_ms']:.1f} | {steps['speedup']:.3f}x |" in md
+    assert "LayerNorm backward" in md and report["threads"] == 2
