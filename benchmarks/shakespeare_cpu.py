@@ -10,6 +10,7 @@ plain baseline measured in the same run. Writes JSON + Markdown to benchmarks/re
     python benchmarks/shakespeare_cpu.py --input ../shared/data/tinyshakespeare/input.txt
     python benchmarks/shakespeare_cpu.py --budgets 20 --skip-baseline   # quick
     python benchmarks/shakespeare_cpu.py --budgets 20,20,20,300          # repeat a budget: the machine drifts
+    python benchmarks/shakespeare_cpu.py --budgets fifth,fifth,fifth     # a fifth of the recipe's measured time
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -72,7 +74,9 @@ def _cpu_signature() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default="../shared/data/tinyshakespeare/input.txt", help="tiny Shakespeare input.txt")
-    ap.add_argument("--budgets", default="20,300", help="comma-separated training-time budgets in seconds")
+    ap.add_argument("--budgets", default="20,300",
+                    help="comma-separated training-time budgets in seconds; 'fifth' is a fifth of the recipe's "
+                         "training time measured in the same run (its target)")
     ap.add_argument("--skip-baseline", action="store_true", help="do not train nanoGPT's CPU recipe")
     ap.add_argument("--preset", default="shakespeare-char-cpu",
                     help="the preset(s) timed at each budget, comma-separated (they alternate, budget by budget)")
@@ -87,11 +91,16 @@ def main() -> int:
     if not args.skip_baseline:
         results.append({**run("nanogpt-cpu-recipe", data, work, NANOGPT_CPU), "budget_s": None})
     presets = args.preset.split(",")
-    for i, b in enumerate(float(x) for x in args.budgets.split(",")):
+    if "fifth" in args.budgets and args.skip_baseline:
+        ap.error("a 'fifth' budget needs the recipe's time: drop --skip-baseline")
+    # a run stops after the step that crosses its budget: leave room for that last step (~0.1 s)
+    fifth = math.floor(results[0]["train_time_s"] / 5 * 10) / 10 - 0.2 if results else 0.0
+    budgets = [fifth if x == "fifth" else float(x) for x in args.budgets.split(",")]
+    for i, b in enumerate(budgets):
         interval = ["--run.eval_interval=1000000"] if b <= 60 else [f"--run.eval_interval={args.eval_every}"]
         for preset in presets:
             name = (f"{preset}-{b:g}s" if len(presets) > 1 else f"preset-{b:g}s") + (
-                f"-run{i + 1}" if args.budgets.count(f"{b:g}") > 1 else "")
+                f"-run{i + 1}" if budgets.count(b) > 1 else "")
             flags = [f"--run.max_seconds={b:g}", *interval, *(f"--{kv}" for kv in args.extra)]
             results.append({**run(name, data, work, flags, preset), "budget_s": b, "preset": preset,
                             "settings": args.extra})
@@ -123,6 +132,8 @@ def main() -> int:
         reach = "-" if "time_to_recipe_val_s" not in r else (f"{reach:.1f}" if reach is not None else "not reached")
         lines.append(f"| {r['name']} | {budget} | {r['iters']} | {r['train_time_s']:.1f} | {r['tokens_per_s']:,.0f} | "
                      f"{r['train_loss']:.4f} | {r['val_loss']:.4f} | {reach} |")
+    if fifth:
+        lines += ["", f"A fifth of the recipe's training time: {results[0]['train_time_s'] / 5:.2f} s."]
     table = "\n".join(lines)
     Path(args.out + ".md").write_text(table + "\n")
     print(table)
