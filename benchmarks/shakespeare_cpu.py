@@ -94,7 +94,7 @@ def main() -> int:
     if "fifth" in args.budgets and args.skip_baseline:
         ap.error("a 'fifth' budget needs the recipe's time: drop --skip-baseline")
     # a run stops after the step that crosses its budget: leave room for that last step (~0.1 s)
-    fifth = math.floor(results[0]["train_time_s"] / 5 * 10) / 10 - 0.2 if results else 0.0
+    fifth = math.floor(results[0]["train_time_s"] / 5 * 10) / 10 - 0.2 if "fifth" in args.budgets else 0.0
     budgets = [fifth if x == "fifth" else float(x) for x in args.budgets.split(",")]
     for i, b in enumerate(budgets):
         interval = ["--run.eval_interval=1000000"] if b <= 60 else [f"--run.eval_interval={args.eval_every}"]

@@ -165,9 +165,16 @@ def test_a_missing_compiler_or_env_switch_is_a_reason_not_an_error(monkeypatch, 
         monkeypatch.delenv("NANOGPT_NATIVE")
         monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
         monkeypatch.setattr(native.cpu, "cpu_flags", lambda: frozenset(native.CPU_FLAGS))
+        monkeypatch.setattr(native, "torch_openmp", lambda: tmp_path / "libgomp.so.1")  # any machine, any torch
         lib, why = native.load()
         assert lib is None and "did not run" in why
         assert not list((tmp_path / "nanogpt" / "kernels").glob("*.so"))  # nothing half-built left behind
+        native.load.cache_clear()
+        monkeypatch.setenv("CC", "cc")
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # the cache folder cannot be made
+        lib, why = native.load()
+        assert lib is None and "could not build" in why
     finally:
         native.load.cache_clear()
 

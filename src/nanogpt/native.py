@@ -103,7 +103,10 @@ def load() -> tuple[ctypes.CDLL | None, str]:
     if path.is_symlink():
         return None, f"{path} is a symbolic link, which is never loaded; remove it"
     if not path.exists():
-        error = _compile(compiler, openmp, path)
+        try:
+            error = _compile(compiler, openmp, path)
+        except OSError as e:  # an unwritable cache, a full disk: PyTorch's kernels still work
+            error = f"could not build in {path.parent}: {e.strerror or e}"
         if error:
             return None, error
     try:

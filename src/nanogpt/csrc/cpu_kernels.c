@@ -106,30 +106,35 @@ void causal_softmax_bwd_bf16(const uint16_t *p, const uint16_t *dp, uint16_t *ds
     }
 }
 
-/* dx = dy * GELU'(x), GELU'(x) = Phi(x) + x phi(x) for the exact (erf) GELU. Phi by Abramowitz &
-   Stegun 7.1.26 (|error| < 1.5e-7), whose exp(-x^2/2) is also phi's: one exponential per element. */
+/* Phi(x), the standard normal CDF, by Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7), and
+   exp(-x^2 / 2) from the same exponential (0 where it underflows) */
+static inline __m512 normal_cdf(__m512 v, __m512 *gauss) {
+    __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678f));  /* x / sqrt(2) */
+    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                             _mm512_fmadd_ps(_mm512_abs_ps(z), _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+    __m512 poly = _mm512_set1_ps(1.061405429f);
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+    poly = _mm512_mul_ps(poly, t);
+    __m512 zz = _mm512_mul_ps(z, z);
+    *gauss = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(zz, _mm512_set1_ps(87.0f), _CMP_LT_OQ),
+                                 exp512(_mm512_sub_ps(_mm512_setzero_ps(), zz)));
+    __m512 tail = _mm512_mul_ps(_mm512_mul_ps(poly, *gauss), _mm512_set1_ps(0.5f));  /* Phi(-|x|) */
+    __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.0f), tail), tail);
+}
+
+/* dx = dy * GELU'(x), GELU'(x) = Phi(x) + x phi(x): one exponential serves both */
 void gelu_bwd_bf16(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t n, int nthreads) {
     int64_t blocks = (n + 15) / 16;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t i = b * 16;
         __mmask16 k = lanes(n - i);
-        __m512 v = load_bf16(x + i, k);
-        __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678f));  /* x / sqrt(2) */
-        __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                 _mm512_fmadd_ps(_mm512_abs_ps(z), _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
-        __m512 poly = _mm512_set1_ps(1.061405429f);
-        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
-        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
-        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
-        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
-        poly = _mm512_mul_ps(poly, t);
-        __m512 zz = _mm512_mul_ps(z, z);
-        __m512 gauss = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(zz, _mm512_set1_ps(87.0f), _CMP_LT_OQ),
-                                           exp512(_mm512_sub_ps(_mm512_setzero_ps(), zz)));  /* 0 far out */
-        __m512 tail = _mm512_mul_ps(_mm512_mul_ps(poly, gauss), _mm512_set1_ps(0.5f));  /* Phi(-|x|) */
-        __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-        __m512 cdf = _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.0f), tail), tail);
+        __m512 v = load_bf16(x + i, k), gauss;
+        __m512 cdf = normal_cdf(v, &gauss);
         __m512 slope = _mm512_fmadd_ps(_mm512_mul_ps(v, gauss), _mm512_set1_ps(0.39894228f), cdf);
         store_bf16(dx + i, _mm512_mul_ps(load_bf16(dy + i, k), slope), k);
     }
