@@ -27,8 +27,8 @@ from nanogpt.fsutil import user_cache_dir
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
-COMPILE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
-                 "-mfma"]
+COMPILE_FLAGS = ["-O3", "-std=c11", "-fPIC", "-fopenmp", "-fno-math-errno", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                 "-mavx512bf16", "-mfma"]
 
 
 def cache_dir() -> Path:
@@ -58,7 +58,7 @@ def _compile(compiler: str, openmp: Path, target: Path) -> str | None:
         obj, lib = Path(tmp) / "cpu_kernels.o", Path(tmp) / "cpu_kernels.so"
         # compile and link apart: linking with -fopenmp would add the system's libgomp next to torch's
         steps = [[compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
-                 [compiler, "-shared", str(obj), str(openmp), "-o", str(lib)]]
+                 [compiler, "-shared", str(obj), str(openmp), "-lm", "-o", str(lib)]]
         for cmd in steps:
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
