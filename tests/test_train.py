@@ -98,6 +98,25 @@ def test_exact_resume_bit_for_bit(tmp_path, char_data, optimizer):
     assert part1 + part2 == full  # exact float equality, step by step
 
 
+def test_exact_resume_in_bf16_with_the_c_kernels(tmp_path, char_data, capsys):
+    """The CPU's bf16 path with nanogpt's C kernels is deterministic too: resume is bit for bit."""
+    from nanogpt import cpu, native
+
+    if not cpu.has_fast_bf16() or not native.available():
+        pytest.skip("needs a bf16 CPU where the C kernels build")
+    k = 8
+    common = {"run.max_iters": 2 * k, "optim.lr_decay_iters": 2 * k, "run.eval_interval": 4, "run.dtype": "bfloat16",
+              "run.threads": "1", "model.activation": "gelu", "model.bias": False}
+    straight, e1 = cfg_for(char_data, tmp_path / "a", **common)
+    full = train(straight, e1).losses
+    assert "C kernels (causal softmax, GELU backward, LayerNorm)" in capsys.readouterr().out
+    first, e2 = cfg_for(char_data, tmp_path / "b", **{**common, "run.max_iters": k})
+    part1 = train(first, e2).losses
+    again, _ = cfg_for(char_data, tmp_path / "b", **{"run.init_from": "resume", "run.max_iters": 2 * k})
+    part2 = train(again, {"run.init_from", "run.max_iters"}).losses
+    assert part1 + part2 == full and full[-1] < full[0]
+
+
 @pytest.mark.parametrize("init", ["scratch", "hf"])
 def test_train_leaves_the_callers_config_unchanged(tmp_path, char_data, init):
     """The run resolves its own model config (the dataset's vocabulary, a pretrained model's shape)."""
