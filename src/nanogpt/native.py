@@ -98,6 +98,8 @@ def load() -> tuple[ctypes.CDLL | None, str]:
     openmp = torch_openmp()
     if openmp is None:
         return None, "torch does not run on a libgomp OpenMP runtime"
+    if not SOURCE.is_file():
+        return None, f"{SOURCE} is missing from this installation"
     key = hashlib.sha256(SOURCE.read_bytes() + repr((compiler, COMPILE_FLAGS, str(openmp))).encode()).hexdigest()
     path = cache_dir() / f"cpu_kernels-{key[:16]}.so"
     if path.is_symlink():
