@@ -23,14 +23,15 @@ import math
 import platform
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nanogpt import cpu, native
+from nanogpt.bench import time_calls
 from nanogpt.config import OptimConfig, resolve_train_config
 from nanogpt.device import prepare_model, setup_runtime
 from nanogpt.model import GPT, GPTConfig
@@ -39,7 +40,7 @@ from nanogpt.optim import configure_optimizer
 from nanogpt.step import train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import matmul_replay, record_matmuls  # noqa: E402
+from train_step import matmul_replay, record_matmuls
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -125,13 +126,7 @@ def step_contenders(case: str, runtime: Any) -> dict[str, Callable[[], Any]]:
 
 def timed(fn: Callable[[], Any], calls: int) -> float:
     """Median seconds per call over ``calls`` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, 1, calls, torch.device("cpu")).per_call)
 
 
 def measure(case: str, rounds: int, runtime: Any, log: Callable[[str], None]) -> dict[str, Any]:
@@ -175,14 +170,14 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Recorded {report['date']} on {report['cpu']}, torch {report['torch']}, {report['threads']} threads. "
-             f"Command: `{report['command']}`", ""]
+    lines = [(f"Recorded {report['date']} on {report['cpu']}, torch {report['torch']}, {report['threads']} threads. "
+              f"Command: `{report['command']}`"), ""]
     lines += ["| case | kernel | PyTorch ms | C ms | speedup (round-wise median) |", "|---|---|---:|---:|---:|"]
     for case, r in report["cases"].items():
         for name, k in r["kernels"].items():
             lines.append(f"| {case} | {name} | {k['torch_ms']:.3f} | {k['c_ms']:.3f} | {k['speedup']:.2f}x |")
-    lines += ["", "| case | step, PyTorch's kernels (ms) | step, C kernels (ms) | speedup | products alone (ms) | "
-              "step / products: PyTorch's | C |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", ("| case | step, PyTorch's kernels (ms) | step, C kernels (ms) | speedup | products alone (ms) | "
+                   "step / products: PyTorch's | C |"), "|---|---:|---:|---:|---:|---:|---:|"]
     for case, r in report["cases"].items():
         s = r["steps"]
         lines.append(f"| {case} | {s['torch_ms']:.1f} | {s['c_ms']:.1f} | {s['speedup']:.3f}x | {s['products_ms']:.1f} | "

@@ -55,14 +55,18 @@ class MatmulAttention(ScaledDotProductAttention):
         super().__init__(dropout)
         self.probs = nn.Identity()  # a hook point: its input is the attention weights (B, nh, Tq, Tk)
 
+    def weights(self, q3: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs)) under the causal mask: (B*nh, Tq, hs), (B*nh, Tk, hs) -> (B*nh, Tq, Tk)."""
+        t_query, t_key, hs = q3.size(1), k3.size(1), q3.size(2)
+        allowed = causal_mask(t_query, t_key, q3.device)  # (Tq, Tk)
+        bias = torch.zeros(t_query, t_key, dtype=q3.dtype, device=q3.device).masked_fill_(~allowed, float("-inf"))
+        return F.softmax(torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs)), dim=-1)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, nh, t_query, hs = q.shape
         t_key = k.size(-2)
-        allowed = causal_mask(t_query, t_key, q.device)  # (Tq, Tk)
-        bias = torch.zeros(t_query, t_key, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
         q3, k3, v3 = (t.reshape(B * nh, -1, hs) for t in (q, k, v))  # (B*nh, T, hs)
-        att = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, Tq, Tk)
-        att = self.probs(F.softmax(att, dim=-1).view(B, nh, t_query, t_key)).view(B * nh, t_query, t_key)
+        att = self.probs(self.weights(q3, k3).view(B, nh, t_query, t_key)).view(B * nh, t_query, t_key)
         if self.training and self.dropout > 0:
             att = F.dropout(att, p=self.dropout)
         return (att @ v3).view(B, nh, t_query, hs)  # (B, nh, Tq, hs)
@@ -92,22 +96,15 @@ class NativeMatmulAttention(MatmulAttention):
     """:class:`MatmulAttention` with the scale, mask and softmax in one C kernel each way, for bf16 on CPUs.
 
     The scores come from a plain ``bmm`` (no bias to broadcast first); other dtypes and devices
-    take :class:`MatmulAttention`'s path.
+    take :class:`MatmulAttention`'s weights.
     """
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def weights(self, q3: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
         autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype  # the dtype bmm will produce
-        if q.device.type != "cpu" or dtype is not torch.bfloat16:
-            return super().forward(q, k, v)
-        B, nh, t_query, hs = q.shape
-        t_key = k.size(-2)
-        q3, k3, v3 = (t.reshape(B * nh, -1, hs) for t in (q, k, v))  # (B*nh, T, hs)
-        att = _CausalSoftmaxFn.apply(torch.bmm(q3, k3.transpose(1, 2)), 1.0 / math.sqrt(hs))  # (B*nh, Tq, Tk)
-        att = self.probs(att.view(B, nh, t_query, t_key)).view(B * nh, t_query, t_key)
-        if self.training and self.dropout > 0:
-            att = F.dropout(att, p=self.dropout)
-        return (att @ v3).view(B, nh, t_query, hs)  # (B, nh, Tq, hs)
+        dtype = torch.get_autocast_dtype("cpu") if autocast else q3.dtype  # the dtype bmm will produce
+        if q3.device.type != "cpu" or dtype is not torch.bfloat16:
+            return super().weights(q3, k3)
+        return _CausalSoftmaxFn.apply(torch.bmm(q3, k3.transpose(1, 2)), 1.0 / math.sqrt(q3.size(2)))
 
 
 class _GELUFn(torch.autograd.Function):
@@ -318,8 +315,8 @@ class Kernels:
 def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
     """Install ``kernels`` on ``model`` in place (and return it). Applying the defaults undoes the others.
 
-    Only parameter-free modules are replaced, and a Linear's class is switched in place, so
-    parameters, weight tying and the state dict are untouched.
+    Attention and the loss (parameter-free) are replaced; Linear, the norms and GELU have their
+    class switched in place, so parameters, weight tying and the state dict are untouched.
     """
     attention = ScaledDotProductAttention
     if kernels.attention == "matmul":
@@ -330,21 +327,15 @@ def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
             block.attn.attend = attention(old.dropout)
             block.attn.attend.train(old.training)
     model.head_loss = ChunkedLinearCrossEntropy(kernels.loss_rows) if kernels.loss_rows else LinearCrossEntropy()
-    linear = RowLinear if kernels.row_linear else nn.Linear
-    for module in model.modules():
-        if type(module) in (nn.Linear, RowLinear):
-            module.__class__ = linear
-    norm = FusedRMSNorm if kernels.rms_norm else RMSNorm
-    for module in model.modules():
-        if type(module) in (RMSNorm, FusedRMSNorm):
-            module.__class__ = norm
     model.transformer.drop.__class__ = LowPrecisionStream if kernels.low_precision_stream else nn.Dropout
-    gelu, layer_norm = (NativeGELU, NativeLayerNorm) if kernels.native else (nn.GELU, nn.LayerNorm)
+    # (model.py's class, the kernel's subclass, whether the kernel is on)
+    families = [(nn.Linear, RowLinear, kernels.row_linear), (RMSNorm, FusedRMSNorm, kernels.rms_norm),
+                (nn.GELU, NativeGELU, kernels.native), (nn.LayerNorm, NativeLayerNorm, kernels.native)]
     for module in model.modules():
-        if type(module) in (nn.GELU, NativeGELU):
-            module.__class__ = gelu
-        elif type(module) in (nn.LayerNorm, NativeLayerNorm):
-            module.__class__ = layer_norm
+        for plain, kernel, on in families:
+            if type(module) in (plain, kernel):
+                module.__class__ = kernel if on else plain
+                break
     return model
 
 
