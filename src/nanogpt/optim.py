@@ -24,6 +24,7 @@ import math
 from typing import Any, Iterable
 
 import torch
+from torch.optim.adamw import adamw
 
 from nanogpt.config import OptimConfig
 
@@ -46,17 +47,16 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     single = x.dim() == 2
     if single:
         x = x.unsqueeze(0)  # (1, m, n)
+    # Iterate on the smaller Gram matrix: x x^T for a wide x, x^T x for a tall one (the products
+    # take the transposed operand as it is: no transposed copy of x).
     tall = x.size(-2) > x.size(-1)
-    if tall:  # iterate on the smaller Gram matrix x x^T
-        x = x.mT
     # Scale so the largest singular value is at most 1 (the Frobenius norm bounds it).
-    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)).contiguous()
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = torch.bmm(x, x.mT)  # (k, m, m), m <= n
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*gram + c*gram^2
-        x = torch.baddbmm(x, poly, x, beta=a)  # a*x + poly @ x
-    if tall:
-        x = x.mT
+        gram = torch.bmm(x.mT, x) if tall else torch.bmm(x, x.mT)  # (k, s, s), s = min(m, n)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b*gram + c*gram^2 (symmetric)
+        poly.diagonal(dim1=-2, dim2=-1).add_(a)  # a*x + poly @ x = (a*I + poly) @ x: no pass over x
+        x = torch.bmm(x, poly) if tall else torch.bmm(poly, x)
     return x[0] if single else x
 
 
@@ -103,50 +103,52 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_group(self, group: dict[str, Any]) -> None:
         lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-        by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
-            g = p.grad
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf = state["momentum_buffer"]
-            buf.mul_(mom).add_(g)  # (rows, cols)
-            direction = g.add(buf, alpha=mom) if group["nesterov"] else buf
-            by_shape.setdefault(tuple(p.shape), []).append((p, direction))
-        for (rows, cols), items in by_shape.items():
-            # the same matrix of every layer orthogonalised together, as one stack
-            updates = orthogonalize(torch.stack([d for _, d in items]), group["ns_steps"])  # (k, rows, cols)
+            state["momentum_buffer"].mul_(mom).add_(p.grad)  # (rows, cols)
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        for (rows, cols), params in by_shape.items():
+            # the same matrix of every layer, as one bf16 stack filled in one pass per matrix
+            stack = torch.empty(len(params), rows, cols, dtype=torch.bfloat16, device=params[0].device)
+            for p, direction in zip(params, stack):
+                buf = self.state[p]["momentum_buffer"]
+                if group["nesterov"]:
+                    torch.add(p.grad, buf, alpha=mom, out=direction)
+                else:
+                    direction.copy_(buf)
+            updates = orthogonalize(stack, group["ns_steps"])
             scale = max(1.0, rows / cols) ** 0.5
-            for (p, _), update in zip(items, updates):
+            for p, update in zip(params, updates):
                 if wd:
                     p.mul_(1.0 - lr * wd)
-                p.add_(update.to(p.dtype), alpha=-lr * scale)
+                p.add_(update, alpha=-lr * scale)
 
     def _adamw_group(self, group: dict[str, Any]) -> None:
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            g = p.grad
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
             state = self.state[p]
             if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            step = state["step"].item()
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            if wd:
-                p.mul_(1.0 - lr * wd)
-            m.lerp_(g, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            bias1 = 1.0 - beta1**step
-            bias2_sqrt = (1.0 - beta2**step) ** 0.5
-            denom = (v.sqrt() / bias2_sqrt).add_(eps)
-            p.addcdiv_(m, denom, value=-lr / bias1)
+            elif state["step"].device != p.device:  # a checkpoint's steps load onto the CPU
+                state["step"] = state["step"].to(p.device)
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        # torch's own AdamW arithmetic, all the group's tensors in one fused kernel where torch has one
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        adamw(
+            params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+            [s["step"] for s in states], fused=fused, foreach=None if fused else True, amsgrad=False, beta1=beta1,
+            beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+        )
 
 
 def muon_param_groups(
