@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from nanogpt.cli import main
-from nanogpt.evaluate import score_tokens, windows
+from nanogpt.scoring import score_tokens, windows
 from nanogpt.config import GPTConfig
 from nanogpt.model import GPT
 
@@ -194,3 +194,47 @@ def test_the_progress_bar_changes_nothing_and_counts_every_scored_token(monkeypa
     counted.clear()
     with_bar = score_tokens(model, tokens, context=16, stride=8, batch_size=3, progress=True)
     assert with_bar == plain and sum(counted) == plain[1] == 99
+
+
+def _eval_config(block_size, batch_size, eval_iters):
+    from nanogpt.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.block_size, cfg.data.batch_size, cfg.run.eval_iters = block_size, batch_size, eval_iters
+    return cfg
+
+
+def test_training_evaluation_scores_a_small_split_whole():
+    from nanogpt.device import setup_runtime
+    from nanogpt.step import WHOLE_SPLIT_FACTOR, estimate_loss
+
+    model = tiny_model(block_size=8, vocab_size=40)
+    tokens = np.random.default_rng(3).integers(0, 40, size=5 * 8 + 1).astype(np.uint16)  # 5 windows of 8
+    cfg = _eval_config(block_size=8, batch_size=2, eval_iters=2)  # 32 sampled tokens; 41 <= 4 x 32
+    assert len(tokens) <= WHOLE_SPLIT_FACTOR * 2 * 2 * 8
+    model.train()
+    got = estimate_loss(model, {"val": tokens}, cfg, setup_runtime("cpu", dtype="float32", threads="1"), seed=0)
+    assert model.training  # the caller's mode comes back
+    t = torch.from_numpy(tokens.astype(np.int64))
+    with torch.no_grad():  # every target once: the mean over the five consecutive windows
+        logits, _ = model.eval()(t[:-1].view(5, 8))
+    want = F.cross_entropy(logits.reshape(-1, 40), t[1:]).item()
+    assert got["val"] == pytest.approx(want, rel=1e-5)
+    # the same whatever the seed: nothing is sampled
+    again = estimate_loss(model, {"val": tokens}, cfg, setup_runtime("cpu", dtype="float32", threads="1"), seed=7)
+    assert again == got
+
+
+def test_training_evaluation_samples_a_large_split():
+    from nanogpt.data.loader import BatchLoader
+    from nanogpt.device import setup_runtime
+    from nanogpt.step import estimate_loss
+
+    model = tiny_model(block_size=8, vocab_size=40)
+    tokens = np.random.default_rng(4).integers(0, 40, size=1000).astype(np.uint16)  # > 4 x 2 x 2 x 8
+    cfg = _eval_config(block_size=8, batch_size=2, eval_iters=2)
+    got = estimate_loss(model, {"train": tokens}, cfg, setup_runtime("cpu", dtype="float32", threads="1"), seed=5)
+    loader = BatchLoader(tokens, 8, 2, seed=5)
+    with torch.no_grad():
+        want = sum(model(*loader.next_batch())[1].item() for _ in range(2)) / 2
+    assert got["train"] == pytest.approx(want, rel=1e-5)

@@ -20,7 +20,7 @@ FLOORS = {
     "hf": 3, "hf_tokenizer": 3, "gguf_export": 3, "report": 3,
     # the teaching core, then what the runtime applies to it from outside
     "model": 4, "resolve": 4,
-    "ops": 5, "flops": 5,
+    "ops": 5, "flops": 5, "scoring": 5,
     "device": 6, "checkpoint": 6, "data.preparation": 6,
     "generate": 7, "runlog": 7, "step": 7, "runsetup": 7, "attention_maps": 7, "data": 7,
     # libraries behind the commands
