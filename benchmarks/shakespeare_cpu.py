@@ -132,6 +132,9 @@ def main() -> int:
         reach = "-" if "time_to_recipe_val_s" not in r else (f"{reach:.1f}" if reach is not None else "not reached")
         lines.append(f"| {r['name']} | {budget} | {r['iters']} | {r['train_time_s']:.1f} | {r['tokens_per_s']:,.0f} | "
                      f"{r['train_loss']:.4f} | {r['val_loss']:.4f} | {reach} |")
+    lines += ["", "Val loss: the whole validation split, every character scored once in windows of the run's "
+              "block size (training scores a split this small whole); train loss: the runs' `eval_iters` random "
+              "batches."]
     if fifth:
         lines += ["", f"A fifth of the recipe's training time: {results[0]['train_time_s'] / 5:.2f} s."]
     table = "\n".join(lines)

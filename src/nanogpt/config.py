@@ -448,11 +448,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # follows the time budget (`--run.max_seconds 20` is a sound short run). Why each setting and
     # the measured alternatives: benchmarks/README.md, "shakespeare-char-cpu: measured alternatives".
     "shakespeare-char-cpu": {
-        "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192, "model.block_size": 64,
+        "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192, "model.block_size": 128,
         "model.dropout": 0.0, "model.activation": "gelu", "model.bias": False,
         "data.dataset": "data/shakespeare-char", "data.prepare": "shakespeare", "data.tokenizer": "char",
-        "data.batch_size": 32,
-        "optim.name": "muon", "optim.lr": 4e-3, "optim.min_lr": 3e-5, "optim.warmup_iters": 10,
+        "data.batch_size": 16,
+        "optim.name": "muon", "optim.lr": 4e-3, "optim.min_lr": 3e-5, "optim.warmup_iters": 10, "optim.grad_clip": 0.0,
         "optim.beta1": 0.8, "optim.beta2": 0.99,
         "optim.weight_decay": 0.5, "optim.schedule": "linear",
         "optim.muon_lr": 0.065, "optim.muon_momentum": 0.9, "optim.muon_weight_decay": 0.05,
