@@ -4,7 +4,7 @@
     python benchmarks/cpu_kernels.py --rounds 9 --cases char
 
 Each kernel is timed on the shapes of nanoGPT's char model (6 x 384, batch 12 x 256) and of the
-`shakespeare-char-cpu` preset (4 x 192, batch 32 x 64), in bf16, against what the training step
+`shakespeare-char-cpu` preset (4 x 192, its batch of windows), in bf16, against what the training step
 runs without it: for the causal softmax, the masked scores from one ``baddbmm`` plus torch's
 softmax (``ops.MatmulAttention``); for the GELU backward and LayerNorm, torch's kernels on a bf16
 stream. Then the whole training step (``prepare_model``'s kernels, the case's optimizer) with and
@@ -51,7 +51,8 @@ def shapes(case: str) -> dict[str, Any]:
         return {"B": 12, "nh": 6, "T": 256, "C": 384}
     if case == "smoke":  # for checking the script itself (tests); its numbers mean nothing
         return {"B": 2, "nh": 2, "T": 16, "C": 32}
-    return {"B": 32, "nh": 4, "T": 64, "C": 192}
+    cfg = resolve_train_config("shakespeare-char-cpu", overrides={"model.vocab_size": 65})
+    return {"B": cfg.data.batch_size, "nh": cfg.model.n_head, "T": cfg.model.block_size, "C": cfg.model.n_embd}
 
 
 def kernel_pairs(case: str) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
@@ -103,10 +104,10 @@ def step_contenders(case: str, runtime: Any) -> dict[str, Callable[[], Any]]:
     if case in ("char", "smoke"):
         config = GPTConfig(n_layer=6 if case == "char" else 2, n_head=s["nh"], n_embd=s["C"], block_size=s["T"],
                            vocab_size=65, dropout=0.0, bias=False, activation="gelu")
-        optim, batch = OptimConfig(), s["B"]
+        optim, batch, clip = OptimConfig(), s["B"], 1.0
     else:
         cfg = resolve_train_config("shakespeare-char-cpu", overrides={"model.vocab_size": 65})
-        config, optim, batch = cfg.model, cfg.optim, cfg.data.batch_size
+        config, optim, batch, clip = cfg.model, cfg.optim, cfg.data.batch_size, cfg.optim.grad_clip
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), generator=g)
     x, y = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
@@ -117,7 +118,7 @@ def step_contenders(case: str, runtime: Any) -> dict[str, Callable[[], Any]]:
         opt = configure_optimizer(model, optim, runtime.device)
         fwd = prepare_model(model, runtime, config.block_size, log=lambda s: None)
         apply_kernels(model, dataclasses.replace(kernels_of(model), native=use_native))
-        return lambda: train_step(fwd, opt, [(x, y)], runtime, grad_clip=1.0)
+        return lambda: train_step(fwd, opt, [(x, y)], runtime, grad_clip=clip)
 
     torch_step, native_step = make(False), make(True)
     products, _ = matmul_replay(record_matmuls(make(True)), runtime.dtype)
