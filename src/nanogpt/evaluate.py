@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nanogpt.errors import NanoGPTError
-from nanogpt.scoring import MAX_LOGITS, score_tokens
+from nanogpt.scoring import score_tokens, windows_per_batch
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _checked_source(source: str, runtime: Any, context: int | None, batch_size: 
         raise NanoGPTError(f"--context must be in 1..{config.block_size} (the model's block_size), got {ctx}")
     if batch_size <= 0:
         raise NanoGPTError(f"--batch-size must be positive, got {batch_size}")
-    per_batch = max(1, min(batch_size, MAX_LOGITS // (ctx * config.vocab_size)))  # as score_tokens batches
+    per_batch = windows_per_batch(batch_size, ctx, config.vocab_size)  # as score_tokens batches
     check_inference_fits(config, per_batch, 0, runtime.dtype, runtime.device, seq_len=ctx, all_logits=True)
     return src
 

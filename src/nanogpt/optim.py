@@ -60,6 +60,12 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x[0] if single else x
 
 
+def _has_fused_adamw(device: torch.device) -> bool:
+    """Whether torch has a fused AdamW kernel here: one kernel for the whole update (CPU too, since
+    torch 2.4), several times faster than foreach on CPUs (benchmarks/README.md, "Runtime choices")."""
+    return device.type in ("cuda", "cpu")
+
+
 class Muon(torch.optim.Optimizer):
     """Muon on groups marked ``muon=True``; AdamW (decoupled weight decay) on the others.
 
@@ -143,7 +149,7 @@ class Muon(torch.optim.Optimizer):
         states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         # torch's own AdamW arithmetic, all the group's tensors in one fused kernel where torch has one
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        fused = all(_has_fused_adamw(p.device) for p in params)
         adamw(
             params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
             [s["step"] for s in states], fused=fused, foreach=None if fused else True, amsgrad=False, beta1=beta1,
@@ -201,9 +207,7 @@ def configure_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torc
         {"params": no_decay, "weight_decay": 0.0},
     ]
     kwargs: dict[str, Any] = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
-    if device.type in ("cuda", "cpu"):
-        # One kernel for the whole update (CPU too, since torch 2.4): several times faster than
-        # foreach on CPUs (benchmarks/README.md, "Runtime choices").
+    if _has_fused_adamw(device):
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True  # multi-tensor kernels instead of a Python loop over parameters

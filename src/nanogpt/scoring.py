@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 MAX_LOGITS = 1 << 26
 
 
+def windows_per_batch(batch_size: int, context: int, vocab_size: int) -> int:
+    """Windows per forward pass: ``batch_size``, fewer when their logits would pass MAX_LOGITS."""
+    return max(1, min(batch_size, MAX_LOGITS // (context * vocab_size)))
+
+
 def windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """The evaluation windows of a stream of ``n_tokens``: (start, end, scored) triples.
 
@@ -87,7 +92,7 @@ def score_tokens(
         piece = tokens[a:b]
         return piece.long() if isinstance(piece, torch.Tensor) else torch.from_numpy(np.asarray(piece, dtype=np.int64))
 
-    per_batch = max(1, min(batch_size, MAX_LOGITS // (ctx * V)))
+    per_batch = windows_per_batch(batch_size, ctx, V)
     total = 0.0
     count = 0
     batch: list[tuple[int, int, int]] = []

@@ -93,9 +93,10 @@ def estimate_loss(
     scored whole (every target once, in windows of ``block_size``: the loss that random windows
     estimate, with no sampling error, for at most that factor more work). Tiny Shakespeare's
     validation split is about the size of the CPU preset's 50-batch sample, whose loss moves by
-    0.01 from one sampling seed to another: as much as the settings being compared. A larger split gets ``run.eval_iters`` random batches, averaged over all processes. The
-    batches are the same at each evaluation (their own loader with a fixed seed), so
-    successive evaluations compare like with like and training's random streams are untouched.
+    0.01 from one sampling seed to another: as much as the settings being compared. A larger
+    split gets ``run.eval_iters`` random batches, averaged over all processes; they are the same
+    at each evaluation (their own loader with a fixed seed), so successive evaluations compare
+    like with like and training's random streams are untouched.
     """
     from nanogpt.data.loader import BatchLoader
     from nanogpt.scoring import score_tokens
