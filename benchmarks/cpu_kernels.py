@@ -6,8 +6,8 @@
 Each kernel is timed on the shapes of nanoGPT's char model (6 x 384, batch 12 x 256) and of the
 `shakespeare-char-cpu` preset (4 x 192, its batch of windows), in bf16, against what the training step
 runs without it: for the causal softmax, the masked scores from one ``baddbmm`` plus torch's
-softmax (``ops.MatmulAttention``); for the GELU backward and LayerNorm, torch's kernels on a bf16
-stream. Then the whole training step (``prepare_model``'s kernels, the case's optimizer) with and
+softmax (``ops.MatmulAttention``); for the GELU, its backward and LayerNorm, torch's kernels on a
+bf16 stream. Then the whole training step (``prepare_model``'s kernels, the case's optimizer) with and
 without the C kernels, and the step's own matrix products replayed alone (its ceiling). The
 contenders alternate within each round, so a VM's drift hits all alike; each ratio is taken round
 by round and the median reported.
@@ -86,6 +86,9 @@ def kernel_pairs(case: str) -> dict[str, tuple[Callable[[], Any], Callable[[], A
         "causal softmax backward": (
             lambda: torch.ops.aten._softmax_backward_data(dprobs, probs, -1, torch.bfloat16),
             lambda: native.causal_softmax_backward(probs, dprobs, scale)),
+        "GELU forward": (
+            lambda: F.gelu(hidden),
+            lambda: native.gelu(hidden)),
         "GELU backward": (
             lambda: torch.ops.aten.gelu_backward(dhidden, hidden),
             lambda: native.gelu_backward(dhidden, hidden)),

@@ -130,7 +130,9 @@ def record_matmuls(step: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[s
     with tensor arguments recorded as ``Operand``s."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    ops = {getattr(torch.ops.aten, name).default for name in _MATMUL_OPS}
+    # a product written into a given tensor (``out=``) is replayed as the plain op: same shapes, same work
+    ops = {getattr(torch.ops.aten, name).default: getattr(torch.ops.aten, name).default for name in _MATMUL_OPS}
+    ops.update({getattr(torch.ops.aten, name).out: getattr(torch.ops.aten, name).default for name in _MATMUL_OPS})
     calls: list[tuple[Any, list[Any], dict[str, Any]]] = []
 
     class Recorder(TorchDispatchMode):
@@ -138,7 +140,7 @@ def record_matmuls(step: Callable[[], Any]) -> list[tuple[Any, list[Any], dict[s
             kwargs = kwargs or {}
             if func in ops:
                 spec = [Operand(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a for a in args]
-                calls.append((func, spec, dict(kwargs)))
+                calls.append((ops[func], spec, {k: v for k, v in kwargs.items() if k != "out"}))
             return func(*args, **kwargs)
 
     with Recorder():

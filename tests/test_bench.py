@@ -217,7 +217,7 @@ def test_cpu_kernels_script_reports_round_wise_ratios(tmp_path):
     report = json.loads(out.with_suffix(".json").read_text())
     smoke = report["cases"]["smoke"]
     assert set(smoke["kernels"]) == {"causal softmax forward (scores from q k^T)", "causal softmax backward",
-                                     "GELU backward", "LayerNorm forward", "LayerNorm backward"}
+                                     "GELU forward", "GELU backward", "LayerNorm forward", "LayerNorm backward"}
     steps = smoke["steps"]
     assert all(steps[k] > 0 for k in ("torch_ms", "c_ms", "products_ms"))
     rounds = steps["round_ms"]  # each ratio taken within a round, then the median (of two: the mean)

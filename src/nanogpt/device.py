@@ -118,7 +118,7 @@ def choose_kernels(device: torch.device, dtype: torch.dtype, seq_len: int, vocab
     * RMSNorm (the modern block) with a hand-written backward on CPUs when training.
     * The residual stream in bf16 on CPUs when training under bf16 autocast: eager PyTorch
       would otherwise cast it to and from float32 around every sublayer.
-    * Hand-written C kernels (causal softmax, GELU backward, LayerNorm) on CPUs when training
+    * Hand-written C kernels (causal softmax, GELU, LayerNorm) on CPUs when training
       in bf16, where they build (``nanogpt.native``: AVX-512 BF16 and a C compiler).
     Measurements: ``benchmarks/README.md``.
     """
@@ -148,7 +148,7 @@ def describe_kernels(kernels: "Kernels") -> str:
     if kernels.low_precision_stream:
         parts.append("low-precision residual stream")
     if kernels.native:
-        parts.append("C kernels (causal softmax, GELU backward, LayerNorm)")
+        parts.append("C kernels (causal softmax, GELU, LayerNorm)")
     return "kernels: " + ", ".join(parts)
 
 

@@ -75,11 +75,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptr, i64, f32, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.causal_softmax_fwd_bf16.argtypes = [ptr, ptr, i64, i64, i64, f32, c_int]
     lib.causal_softmax_bwd_bf16.argtypes = [ptr, ptr, ptr, i64, i64, i64, f32, c_int]
-    lib.gelu_bwd_bf16.argtypes = [ptr, ptr, ptr, i64, c_int]
+    lib.lookup_bf16.argtypes = [ptr, ptr, ptr, i64, c_int]
+    lib.lookup_mul_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, c_int]
     lib.layer_norm_fwd_bf16.argtypes = [ptr, ptr, ptr, f32, ptr, ptr, ptr, i64, i64, c_int]
     lib.layer_norm_bwd_bf16.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, c_int]
-    for fn in (lib.causal_softmax_fwd_bf16, lib.causal_softmax_bwd_bf16, lib.gelu_bwd_bf16, lib.layer_norm_fwd_bf16,
-               lib.layer_norm_bwd_bf16):
+    for fn in (lib.causal_softmax_fwd_bf16, lib.causal_softmax_bwd_bf16, lib.lookup_bf16, lib.lookup_mul_bf16,
+               lib.layer_norm_fwd_bf16, lib.layer_norm_bwd_bf16):
         fn.restype = None
     return lib
 
@@ -161,11 +162,33 @@ def causal_softmax_backward(probs: torch.Tensor, grad: torch.Tensor, scale: floa
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def gelu_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact GELU and its derivative at every bf16 value, indexed by the value's 16 bits (float32).
+
+    Computed by PyTorch itself: the GELU by its bf16 kernel, the derivative by its float32
+    backward, so the lookups below give PyTorch's bf16 results bit for bit.
+    """
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(torch.bfloat16)  # (65536,)
+    values = torch.nn.functional.gelu(every).float()
+    slopes = torch.ops.aten.gelu_backward(torch.ones(every.shape), every.float())
+    return values.contiguous(), slopes.contiguous()
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """The exact (erf) GELU of bf16 ``x``, as ``torch.nn.functional.gelu(x)``, by table lookup."""
+    _check(x)
+    out = torch.empty_like(x)
+    _lib().lookup_bf16(x.data_ptr(), out.data_ptr(), gelu_tables()[0].data_ptr(), x.numel(), torch.get_num_threads())
+    return out
+
+
 def gelu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad * GELU'(x) for the exact (erf) GELU, as ``torch.ops.aten.gelu_backward(grad, x)``."""
     _check(grad, x)
     out = torch.empty_like(x)
-    _lib().gelu_bwd_bf16(grad.data_ptr(), x.data_ptr(), out.data_ptr(), x.numel(), torch.get_num_threads())
+    _lib().lookup_mul_bf16(grad.data_ptr(), x.data_ptr(), out.data_ptr(), gelu_tables()[1].data_ptr(), x.numel(),
+                           torch.get_num_threads())
     return out
 
 

@@ -18,9 +18,9 @@ a test against its reference.
   stream from there on is kept in the autocast dtype (the same function, rounded to bf16 between
   sublayers) instead of float32, which saves two casts of the stream per sublayer each way.
 * :class:`NativeMatmulAttention`, :class:`NativeGELU` and :class:`NativeLayerNorm` (bf16 on
-  AVX-512 BF16 CPUs): the causal softmax, the exact GELU's backward and LayerNorm as hand-written
-  C kernels (``nanogpt.native``); the softmax visits only the allowed scores and takes the
-  scale, so no mask pass is needed.
+  AVX-512 BF16 CPUs): the causal softmax, the exact GELU and LayerNorm as hand-written C kernels
+  (``nanogpt.native``); the softmax visits only the allowed scores and takes the scale, so no
+  mask pass is needed; the GELU and its derivative are lookups in tables of every bf16 value.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from torch.nn import functional as F
 
 from nanogpt.model import (
     GPT,
+    CausalSelfAttention,
+    KeyValueStore,
     LinearCrossEntropy,
     RMSNorm,
     ScaledDotProductAttention,
@@ -99,21 +101,91 @@ class NativeMatmulAttention(MatmulAttention):
     take :class:`MatmulAttention`'s weights.
     """
 
-    def weights(self, q3: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
+    def runs_native(self, x: torch.Tensor) -> bool:
+        """Whether attention over tensors like ``x`` (under the current autocast) runs the C softmax."""
         autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast else q3.dtype  # the dtype bmm will produce
-        if q3.device.type != "cpu" or dtype is not torch.bfloat16:
+        dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype  # the dtype bmm will produce
+        return x.device.type == "cpu" and dtype is torch.bfloat16
+
+    def fusable(self, x: torch.Tensor) -> bool:
+        """Whether :class:`NativeCausalSelfAttention` may run this attention as one function:
+        the C softmax, no dropout on the weights, and no hook watching them."""
+        watched = self.probs._forward_hooks or self.probs._forward_pre_hooks
+        return self.runs_native(x) and not (self.training and self.dropout > 0) and not watched
+
+    def weights(self, q3: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
+        if not self.runs_native(q3):
             return super().weights(q3, k3)
         return _CausalSoftmaxFn.apply(torch.bmm(q3, k3.transpose(1, 2)), 1.0 / math.sqrt(q3.size(2)))
 
 
+class _CausalAttentionFn(torch.autograd.Function):
+    """Causal self-attention from the q|k|v projection (B, T, 3C) to the merged heads (B, T, C), bf16 on CPUs.
+
+    The same products and C softmax as :class:`NativeMatmulAttention`, but the three head layouts
+    (B*nh, T, hs) are made in one copy and their gradients written by the products straight into
+    one buffer, turned back into the projection's layout by one more copy. Autograd through
+    model.py's split, transposes and merge copies each tensor on its own and then concatenates
+    the three gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+        from nanogpt import native
+
+        B, T, C3 = qkv.shape
+        hs = C3 // 3 // n_head
+        heads = qkv.view(B, T, 3, n_head, hs).permute(2, 0, 3, 1, 4).contiguous()  # (3, B, nh, T, hs)
+        q, k, v = heads.view(3, B * n_head, T, hs).unbind(0)
+        ctx.scale = 1.0 / math.sqrt(hs)
+        probs = native.causal_softmax(torch.bmm(q, k.transpose(1, 2)), ctx.scale)  # (B*nh, T, T)
+        ctx.save_for_backward(heads, probs)
+        y = torch.bmm(probs, v)  # (B*nh, T, hs)
+        return y.view(B, n_head, T, hs).transpose(1, 2).reshape(B, T, C3 // 3)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        from nanogpt import native
+
+        heads, probs = ctx.saved_tensors
+        _, B, nh, T, hs = heads.shape
+        q, k, v = heads.view(3, B * nh, T, hs).unbind(0)
+        dy = grad.reshape(B, T, nh, hs).transpose(1, 2).reshape(B * nh, T, hs)
+        dheads = torch.empty_like(heads)
+        dq, dk, dv = dheads.view(3, B * nh, T, hs).unbind(0)
+        torch.bmm(probs.transpose(1, 2), dy, out=dv)
+        dscores = native.causal_softmax_backward(probs, torch.bmm(dy, v.transpose(1, 2)), ctx.scale)
+        torch.bmm(dscores, k, out=dq)
+        torch.bmm(dscores.transpose(1, 2), q, out=dk)
+        return dheads.permute(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hs), None
+
+
+class NativeCausalSelfAttention(CausalSelfAttention):
+    """:class:`~nanogpt.model.CausalSelfAttention` that trains through :class:`_CausalAttentionFn`.
+
+    Taken when its attention is :class:`NativeMatmulAttention` and may be fused (bf16 on a CPU,
+    no attention dropout, no hooks on the weights), without a KV cache, rotary positions or q/k
+    norms; otherwise model.py's forward.
+    """
+
+    def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        attend = self.attend
+        if (kv_cache is None and rope is None and not hasattr(self, "q_norm")
+                and isinstance(attend, NativeMatmulAttention) and attend.fusable(x)):
+            return self.resid_dropout(self.c_proj(_CausalAttentionFn.apply(self.c_attn(x), self.n_head)))
+        return super().forward(x, kv_cache, rope)
+
+
 class _GELUFn(torch.autograd.Function):
-    """The exact GELU: PyTorch's forward (faster than ours), the backward in C (bf16)."""
+    """The exact GELU and its backward as table lookups in C (bf16): PyTorch's numbers, bit for bit."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        from nanogpt import native
+
         ctx.save_for_backward(x)
-        return F.gelu(x)
+        return native.gelu(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
@@ -156,7 +228,7 @@ class NativeLayerNorm(nn.LayerNorm):
 
 
 class NativeGELU(nn.GELU):
-    """``nn.GELU`` whose backward runs in C for contiguous bf16 CPU inputs (the exact GELU only)."""
+    """``nn.GELU`` by table lookups in C for contiguous bf16 CPU inputs (the exact GELU only)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.approximate == "none" and x.dtype is torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous():
@@ -330,7 +402,8 @@ def apply_kernels(model: GPT, kernels: Kernels) -> GPT:
     model.transformer.drop.__class__ = LowPrecisionStream if kernels.low_precision_stream else nn.Dropout
     # (model.py's class, the kernel's subclass, whether the kernel is on)
     families = [(nn.Linear, RowLinear, kernels.row_linear), (RMSNorm, FusedRMSNorm, kernels.rms_norm),
-                (nn.GELU, NativeGELU, kernels.native), (nn.LayerNorm, NativeLayerNorm, kernels.native)]
+                (nn.GELU, NativeGELU, kernels.native), (nn.LayerNorm, NativeLayerNorm, kernels.native),
+                (CausalSelfAttention, NativeCausalSelfAttention, kernels.native)]
     for module in model.modules():
         for plain, kernel, on in families:
             if type(module) in (plain, kernel):
@@ -349,5 +422,6 @@ def kernels_of(model: GPT) -> Kernels:
         row_linear=any(type(m) is RowLinear for m in model.modules()),
         rms_norm=any(type(m) is FusedRMSNorm for m in model.modules()),
         low_precision_stream=type(model.transformer.drop) is LowPrecisionStream,
-        native=any(type(m) in (NativeGELU, NativeLayerNorm, NativeMatmulAttention) for m in model.modules()),
+        native=any(type(m) in (NativeGELU, NativeLayerNorm, NativeMatmulAttention, NativeCausalSelfAttention)
+                   for m in model.modules()),
     )

@@ -2,10 +2,10 @@
  *
  * Each kernel does in one pass over memory what eager PyTorch does in several, or skips work
  * it cannot skip: the causal softmax touches only the allowed (lower-left) part of each score
- * row and folds in the 1/sqrt(hs) scale, so the scores need no mask or bias pass; the GELU
- * backward computes erf and the Gaussian from one exponential. Math in float32, bf16 in and
- * out, rounding to nearest even: the same numbers as PyTorch's bf16 kernels up to the last bit
- * of rounding. Threads: OpenMP, linked against the runtime torch already runs (one pool).
+ * row and folds in the 1/sqrt(hs) scale, so the scores need no mask or bias pass; the GELU and
+ * its derivative are table lookups. Math in float32, bf16 in and out, rounding to nearest even:
+ * the same numbers as PyTorch's bf16 kernels up to the last bit of rounding. Threads: OpenMP,
+ * linked against the runtime torch already runs (one pool).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -45,6 +45,8 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+#define ROW_BUFFER 2048
+
 /* Query row `row` of a (tq, tk) causal block may see keys 0 .. tk - tq + row % tq. */
 static inline int64_t allowed(int64_t row, int64_t tq, int64_t tk) {
     int64_t len = row % tq + 1 + (tk - tq);
@@ -56,6 +58,7 @@ void causal_softmax_fwd_bf16(const uint16_t *s, uint16_t *p, int64_t rows, int64
                              int nthreads) {
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t row = 0; row < rows; row++) {
+        float buf[ROW_BUFFER + 16];  /* each row's exponentials, written once and read once */
         const uint16_t *x = s + row * tk;
         uint16_t *y = p + row * tk;
         int64_t len = allowed(row, tq, tk);
@@ -69,13 +72,17 @@ void causal_softmax_fwd_bf16(const uint16_t *s, uint16_t *p, int64_t rows, int64
         __m512 vsum = _mm512_setzero_ps();
         for (int64_t j = 0; j < len; j += 16) {
             __mmask16 k = lanes(len - j);
-            vsum = _mm512_mask_add_ps(vsum, k, vsum, exp512(_mm512_fmsub_ps(load_bf16(x + j, k), sc, m)));
+            __m512 e = exp512(_mm512_fmsub_ps(load_bf16(x + j, k), sc, m));
+            vsum = _mm512_mask_add_ps(vsum, k, vsum, e);
+            if (len <= ROW_BUFFER)
+                _mm512_storeu_ps(buf + j, e);
         }
-        /* the exponentials again rather than a buffer: the row is in L1 and the arithmetic is cheap */
         __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
         for (int64_t j = 0; j < len; j += 16) {
             __mmask16 k = lanes(len - j);
-            store_bf16(y + j, _mm512_mul_ps(exp512(_mm512_fmsub_ps(load_bf16(x + j, k), sc, m)), inv), k);
+            /* long rows take the exponentials again rather than a buffer that would not stay in L1 */
+            __m512 e = len <= ROW_BUFFER ? _mm512_loadu_ps(buf + j) : exp512(_mm512_fmsub_ps(load_bf16(x + j, k), sc, m));
+            store_bf16(y + j, _mm512_mul_ps(e, inv), k);
         }
         if (len < tk)
             memset(y + len, 0, (size_t)(tk - len) * sizeof(uint16_t));
@@ -106,36 +113,31 @@ void causal_softmax_bwd_bf16(const uint16_t *p, const uint16_t *dp, uint16_t *ds
     }
 }
 
-/* Phi(x), the standard normal CDF, by Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7), and
-   exp(-x^2 / 2) from the same exponential (0 where it underflows) */
-static inline __m512 normal_cdf(__m512 v, __m512 *gauss) {
-    __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678f));  /* x / sqrt(2) */
-    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
-                             _mm512_fmadd_ps(_mm512_abs_ps(z), _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
-    __m512 poly = _mm512_set1_ps(1.061405429f);
-    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
-    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
-    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
-    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
-    poly = _mm512_mul_ps(poly, t);
-    __m512 zz = _mm512_mul_ps(z, z);
-    *gauss = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(zz, _mm512_set1_ps(87.0f), _CMP_LT_OQ),
-                                 exp512(_mm512_sub_ps(_mm512_setzero_ps(), zz)));
-    __m512 tail = _mm512_mul_ps(_mm512_mul_ps(poly, *gauss), _mm512_set1_ps(0.5f));  /* Phi(-|x|) */
-    __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-    return _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.0f), tail), tail);
-}
-
-/* dx = dy * GELU'(x), GELU'(x) = Phi(x) + x phi(x): one exponential serves both */
-void gelu_bwd_bf16(const uint16_t *dy, const uint16_t *x, uint16_t *dx, int64_t n, int nthreads) {
+/* y = table[bits of x]: any function of one bf16 value is one of 65536 numbers, so the exact
+   GELU becomes a gather from a 256 KB table that stays in L2 (the table is PyTorch's own bf16
+   result for every input, so the output is bit for bit PyTorch's) */
+void lookup_bf16(const uint16_t *x, uint16_t *y, const float *table, int64_t n, int nthreads) {
     int64_t blocks = (n + 15) / 16;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t i = b * 16;
         __mmask16 k = lanes(n - i);
-        __m512 v = load_bf16(x + i, k), gauss;
-        __m512 cdf = normal_cdf(v, &gauss);
-        __m512 slope = _mm512_fmadd_ps(_mm512_mul_ps(v, gauss), _mm512_set1_ps(0.39894228f), cdf);
+        __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, x + i));
+        store_bf16(y + i, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, table, 4), k);
+    }
+}
+
+/* dx = dy * table[bits of x] in float32, rounded once: with the table holding GELU'(x) as PyTorch
+   computes it in float32, this is PyTorch's bf16 GELU backward */
+void lookup_mul_bf16(const uint16_t *dy, const uint16_t *x, uint16_t *dx, const float *table, int64_t n,
+                     int nthreads) {
+    int64_t blocks = (n + 15) / 16;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t i = b * 16;
+        __mmask16 k = lanes(n - i);
+        __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, x + i));
+        __m512 slope = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, table, 4);
         store_bf16(dx + i, _mm512_mul_ps(load_bf16(dy + i, k), slope), k);
     }
 }
