@@ -361,6 +361,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {c['case']} | {ce['step_over_products']:.2f}x | {met[ce['step_over_products_met']]} | "
                      f"{ce['products_speedup_bf16_vs_fp32']:.2f}x | {case} | {ce['speedup_vs_plain']:.2f}x | "
                      f"{met[ce['speedup_met']]} |")
+    lines += ["", "Round by round (each step ran right next to its products; on a shared VM both move, and not always "
+              "together, so the median is what to read):", "",
+              "| model | round | step (ms) | its products (ms) | step / products | bf16 probe after the round (TFLOP/s) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for c in report["cases"]:
+        steps = c["results"]["ours"]["round_ms_per_step"]
+        products = c["matmuls_only"]["results"]["matmuls only, ours' dtype"]["round_ms"]
+        for i, (st, pr, pk) in enumerate(zip(steps, products, c["round_peak_tflops"]), 1):
+            lines.append(f"| {c['case']} | {i} | {st:.0f} | {pr:.0f} | {st / pr:.2f}x | {pk['bf16']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

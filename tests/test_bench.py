@@ -154,6 +154,8 @@ def test_train_step_script_writes_json_and_markdown(tmp_path, capsys):
     assert ce["speedup_target_applies"] == (ce["products_speedup_bf16_vs_fp32"] >= 4.0)
     assert ce["speedup_met"] is (None if not ce["speedup_target_applies"] else case["speedup_ours_vs_plain"] >= 3.0)
     assert f"| smoke 2L/2H/32, block 16 | {ce['step_over_products']:.2f}x |" in md
+    for i, (st, pr) in enumerate(zip(ours["round_ms_per_step"], low["round_ms"]), 1):  # and each round's ratio
+        assert f"| smoke 2L/2H/32, block 16 | {i} | {st:.0f} | {pr:.0f} | {st / pr:.2f}x |" in md
 
 
 def test_ceiling_cases():
