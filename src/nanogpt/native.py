@@ -75,12 +75,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptr, i64, f32, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.causal_softmax_fwd_bf16.argtypes = [ptr, ptr, i64, i64, i64, f32, c_int]
     lib.causal_softmax_bwd_bf16.argtypes = [ptr, ptr, ptr, i64, i64, i64, f32, c_int]
-    lib.lookup_bf16.argtypes = [ptr, ptr, ptr, i64, c_int]
-    lib.lookup_mul_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, c_int]
+    lib.lookup_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, c_int]
     lib.layer_norm_fwd_bf16.argtypes = [ptr, ptr, ptr, f32, ptr, ptr, ptr, i64, i64, c_int]
     lib.layer_norm_bwd_bf16.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, c_int]
-    for fn in (lib.causal_softmax_fwd_bf16, lib.causal_softmax_bwd_bf16, lib.lookup_bf16, lib.lookup_mul_bf16,
-               lib.layer_norm_fwd_bf16, lib.layer_norm_bwd_bf16):
+    for fn in (lib.causal_softmax_fwd_bf16, lib.causal_softmax_bwd_bf16, lib.lookup_bf16, lib.layer_norm_fwd_bf16,
+               lib.layer_norm_bwd_bf16):
         fn.restype = None
     return lib
 
@@ -179,7 +178,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     """The exact (erf) GELU of bf16 ``x``, as ``torch.nn.functional.gelu(x)``, by table lookup."""
     _check(x)
     out = torch.empty_like(x)
-    _lib().lookup_bf16(x.data_ptr(), out.data_ptr(), gelu_tables()[0].data_ptr(), x.numel(), torch.get_num_threads())
+    _lib().lookup_bf16(x.data_ptr(), None, out.data_ptr(), gelu_tables()[0].data_ptr(), x.numel(), torch.get_num_threads())
     return out
 
 
@@ -187,8 +186,8 @@ def gelu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad * GELU'(x) for the exact (erf) GELU, as ``torch.ops.aten.gelu_backward(grad, x)``."""
     _check(grad, x)
     out = torch.empty_like(x)
-    _lib().lookup_mul_bf16(grad.data_ptr(), x.data_ptr(), out.data_ptr(), gelu_tables()[1].data_ptr(), x.numel(),
-                           torch.get_num_threads())
+    _lib().lookup_bf16(x.data_ptr(), grad.data_ptr(), out.data_ptr(), gelu_tables()[1].data_ptr(), x.numel(),
+                       torch.get_num_threads())
     return out
 
 

@@ -113,32 +113,22 @@ void causal_softmax_bwd_bf16(const uint16_t *p, const uint16_t *dp, uint16_t *ds
     }
 }
 
-/* y = table[bits of x]: any function of one bf16 value is one of 65536 numbers, so the exact
-   GELU becomes a gather from a 256 KB table that stays in L2 (the table is PyTorch's own bf16
-   result for every input, so the output is bit for bit PyTorch's) */
-void lookup_bf16(const uint16_t *x, uint16_t *y, const float *table, int64_t n, int nthreads) {
+/* y = table[bits of x], times factor where factor is not NULL (in float32, rounded once). Any
+   function of one bf16 value is one of 65536 numbers, so the exact GELU is a gather from a 256 KB
+   table that stays in L2, and its backward dy * GELU'(x) a gather and a multiply. The tables hold
+   PyTorch's own results, so the output is PyTorch's bit for bit. */
+void lookup_bf16(const uint16_t *x, const uint16_t *factor, uint16_t *y, const float *table, int64_t n,
+                 int nthreads) {
     int64_t blocks = (n + 15) / 16;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t i = b * 16;
         __mmask16 k = lanes(n - i);
         __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, x + i));
-        store_bf16(y + i, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, table, 4), k);
-    }
-}
-
-/* dx = dy * table[bits of x] in float32, rounded once: with the table holding GELU'(x) as PyTorch
-   computes it in float32, this is PyTorch's bf16 GELU backward */
-void lookup_mul_bf16(const uint16_t *dy, const uint16_t *x, uint16_t *dx, const float *table, int64_t n,
-                     int nthreads) {
-    int64_t blocks = (n + 15) / 16;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t b = 0; b < blocks; b++) {
-        int64_t i = b * 16;
-        __mmask16 k = lanes(n - i);
-        __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, x + i));
-        __m512 slope = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, table, 4);
-        store_bf16(dx + i, _mm512_mul_ps(load_bf16(dy + i, k), slope), k);
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, table, 4);
+        if (factor)
+            v = _mm512_mul_ps(load_bf16(factor + i, k), v);
+        store_bf16(y + i, v, k);
     }
 }
 
