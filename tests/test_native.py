@@ -176,6 +176,10 @@ def test_fused_attention_steps_aside_for_hooks_dropout_and_caches():
         assert seen == [(2, 2, 8, 8)]  # a hook on the weights sees them: the fused path stepped aside
         handle.remove()
         torch.testing.assert_close(out.float(), attn(x).float(), atol=1e-2, rtol=1e-2)
+        handle = attn.attend.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        attn(x)
+        assert seen[-1] == (2, 2, 8, 16) and not attn.attend.fusable(x)  # a hook on the attention itself too
+        handle.remove()
         model.train()  # attention dropout in training: model.py's path, which applies it
         assert not attn.attend.fusable(x)
     assert not attn.attend.fusable(x)  # float32 outside autocast

@@ -109,8 +109,9 @@ class NativeMatmulAttention(MatmulAttention):
 
     def fusable(self, x: torch.Tensor) -> bool:
         """Whether :class:`NativeCausalSelfAttention` may run this attention as one function:
-        the C softmax, no dropout on the weights, and no hook watching them."""
-        watched = self.probs._forward_hooks or self.probs._forward_pre_hooks
+        the C softmax, no dropout on the weights, and no hook on this module or its weights
+        (the function calls neither)."""
+        watched = any(m._forward_hooks or m._forward_pre_hooks for m in (self, self.probs))
         return self.runs_native(x) and not (self.training and self.dropout > 0) and not watched
 
     def weights(self, q3: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
