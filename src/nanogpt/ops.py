@@ -21,6 +21,9 @@ a test against its reference.
   AVX-512 BF16 CPUs): the causal softmax, the exact GELU and LayerNorm as hand-written C kernels
   (``nanogpt.native``); the softmax visits only the allowed scores and takes the scale, so no
   mask pass is needed; the GELU and its derivative are lookups in tables of every bf16 value.
+* :class:`NativeCausalSelfAttention` for :class:`~nanogpt.model.CausalSelfAttention` (with the C
+  kernels): from the q|k|v projection to the merged heads in one autograd function,
+  which lays out the heads in one copy each way.
 """
 
 from __future__ import annotations
@@ -165,8 +168,8 @@ class NativeCausalSelfAttention(CausalSelfAttention):
     """:class:`~nanogpt.model.CausalSelfAttention` that trains through :class:`_CausalAttentionFn`.
 
     Taken when its attention is :class:`NativeMatmulAttention` and may be fused (bf16 on a CPU,
-    no attention dropout, no hooks on the weights), without a KV cache, rotary positions or q/k
-    norms; otherwise model.py's forward.
+    no attention dropout, no hooks on the attention or its weights), without a KV cache, rotary
+    positions or q/k norms; otherwise model.py's forward.
     """
 
     def forward(self, x: torch.Tensor, kv_cache: KeyValueStore | None = None,
