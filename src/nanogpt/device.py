@@ -214,11 +214,16 @@ def setup_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
     return Dist(True, rank, local_rank, world), device
 
 
-def teardown_distributed(dist: Dist) -> None:
+def teardown_distributed(dist: Dist, finished: bool = False) -> None:
+    """Leave the process group. ``finished`` (every rank got here normally) first waits for all
+    ranks, so that none tears its connections down while another still talks to it; after an
+    error there is no waiting, as a failed rank may never arrive."""
     if dist.enabled:
         import torch.distributed as tdist
 
         if tdist.is_initialized():
+            if finished:
+                tdist.barrier()
             tdist.destroy_process_group()
 
 

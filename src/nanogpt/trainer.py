@@ -462,10 +462,13 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, log: Log | None = 
     """
     run = _runtime_settings(cfg, explicit or set())
     runtime = setup_runtime(run.device, run.dtype, run.compile, distributed=True, threads=run.threads)
+    finished = False
     try:
-        return Trainer(cfg, runtime, explicit, log).run()
+        result = Trainer(cfg, runtime, explicit, log).run()
+        finished = True
+        return result
     finally:
-        teardown_distributed(runtime.dist)
+        teardown_distributed(runtime.dist, finished)
 
 
 # --------------------------------------------------------------------------------------------
